@@ -1,0 +1,227 @@
+"""Typed, frozen views of params.yaml, one dataclass per section.
+
+Sections are named after the stages that read them (``ingest``, ``convert-dicom``, ...).
+Loading validates every key: an unknown key, a missing key or a value of the wrong type
+raises :class:`ConfigError` naming the dotted key, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from spinegrade.vocab import GROUPS
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the expected schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the RSNA-layout dataset comes from.
+
+    Attributes:
+        source: ``synthetic`` generates a dataset under ``data/``; ``rsna`` reads a real
+            download in place.
+        root: the unpacked competition download (``rsna`` only); relative paths are
+            resolved against the repository root.
+    """
+
+    source: Literal["synthetic", "rsna"] = "synthetic"
+    root: str = "data/rsna-2024-lumbar-spine-degenerative-classification"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size and quirk rates of the generated dataset (all rates are probabilities)."""
+
+    seed: int = 2024
+    n_train_studies: int = 200
+    n_test_studies: int = 6
+    workers: int = 2
+    sagittal_sizes: tuple[int, ...] = (224, 256, 288)
+    axial_sizes: tuple[int, ...] = (160, 192, 224)
+    non_square_rate: float = 0.15
+    sagittal_fov_mm: tuple[float, float] = (220.0, 260.0)
+    axial_fov_mm: tuple[float, float] = (140.0, 180.0)
+    sagittal_slices: tuple[int, int] = (13, 17)
+    missing_label_rate: float = 0.02
+    missing_series_rate: float = 0.01
+    multi_axial_rate: float = 0.17
+    continuous_axial_rate: float = 0.2
+    instance_quirk_rate: float = 0.3
+    missing_spacing_rate: float = 0.1
+    label_noise_rate: float = 0.02
+    noise_sigma: float = 0.04
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """ingest: how bad label rows are handled, and the generator's settings."""
+
+    on_error: Literal["raise", "skip"] = "raise"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """convert-dicom: parallelism and what to do with an unreadable file."""
+
+    workers: int = 2
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """crop-rois: 2.5D crop geometry.
+
+    Attributes:
+        slices: k, the number of neighbouring slices per crop (odd).
+        size_px: output crop side in pixels.
+        size_mm: crop side in millimetres, per condition group.
+    """
+
+    slices: int = 3
+    size_px: int = 64
+    size_mm: Mapping[str, float] = field(
+        default_factory=lambda: {"spinal": 40.0, "foraminal": 32.0, "subarticular": 36.0}
+    )
+
+    def __post_init__(self) -> None:
+        if self.slices < 1 or self.slices % 2 == 0:
+            raise ConfigError(f"crop-rois.slices must be a positive odd number, got {self.slices}")
+        if self.size_px < 8:
+            raise ConfigError(f"crop-rois.size_px must be at least 8, got {self.size_px}")
+        if set(self.size_mm) != set(GROUPS):
+            raise ConfigError(
+                f"crop-rois.size_mm needs exactly the groups {sorted(GROUPS)}, "
+                f"got {sorted(self.size_mm)}"
+            )
+
+
+@dataclass(frozen=True)
+class FoldsConfig:
+    """split-folds: number of study-level folds and their seed."""
+
+    n_folds: int = 5
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 2:
+            raise ConfigError(f"split-folds.n_folds must be at least 2, got {self.n_folds}")
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    convert_dicom: ConvertConfig = field(default_factory=ConvertConfig)
+    crop_rois: CropConfig = field(default_factory=CropConfig)
+    split_folds: FoldsConfig = field(default_factory=FoldsConfig)
+
+
+def _yaml_key(name: str) -> str:
+    """Dataclass field name -> params.yaml key (section names use the stage's hyphens)."""
+    return name.replace("_", "-") if name in _HYPHENATED else name
+
+
+_HYPHENATED = {"convert_dicom", "crop_rois", "split_folds"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_mapping(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple,):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return types.MappingProxyType(
+            {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        )
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    return value
+
+
+def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, validating keys and types.
+
+    Keys missing from ``raw`` take the dataclass default. Raises ConfigError naming the
+    dotted key of an unknown key or a bad value.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(where + str(k) for k in unknown)}; "
+            f"expected some of {sorted(fields)}"
+        )
+    kwargs = {}
+    for ykey, f in fields.items():
+        if ykey in raw:
+            dotted = f"{prefix}.{ykey}" if prefix else ykey
+            kwargs[f.name] = _coerce(raw[ykey], hints[f.name], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix or 'params'}: {exc}") from exc
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise ConfigError naming the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    with path.open() as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return from_mapping(Params, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,22 @@
+"""Order-preserving parallel map with a progress bar."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from tqdm import tqdm
+
+
+def parallel_map(fn: Callable[[Any], Any], jobs: Sequence, workers: int, desc: str, unit: str) -> list:
+    """``[fn(j) for j in jobs]`` over ``workers`` processes (inline when 1), with a tqdm bar.
+
+    Results come back in job order, so outputs do not depend on scheduling.
+    """
+    bar = {"total": len(jobs), "desc": desc, "unit": unit}
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(j) for j in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
+        return list(tqdm(pool.map(fn, jobs, chunksize=2), **bar))

@@ -1,0 +1,41 @@
+"""DVC stage convert-dicom: every needed series -> position-sorted volumes plus geometry.
+
+Reads ingest's series.csv and source.json; writes one .npy per stack and a geometry.json
+per series under --out, and slices.csv mapping each instance to its stack and slice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from spinegrade.cli import run, setup_logging, stage_parser
+from spinegrade.config import load_params
+from spinegrade.convert import convert_all
+from spinegrade.io import write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--ingest", default="data/ingest", help="ingest's output directory")
+    parser.add_argument("--out", default="data/volumes", help="output directory")
+    parser.add_argument("--report", default="reports/convert-dicom.json", help="report (DVC metric)")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        cfg = load_params(args.params).convert_dicom
+        ingest_dir = Path(args.ingest)
+        source = json.loads((ingest_dir / "source.json").read_text())
+        series = pd.read_csv(ingest_dir / "series.csv")
+        report = convert_all(series, source["images_root"], args.out, cfg.workers, cfg.on_error)
+        write_json(args.report, report)
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
