@@ -20,7 +20,9 @@ from spinegrade.io import atomic_dir, write_csv, write_json, write_npy
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--labels", default="data/ingest/labels.csv", help="ingest's label table")
-    parser.add_argument("--volumes", default="data/volumes", help="convert-dicom's output directory")
+    parser.add_argument(
+        "--volumes", default="data/volumes", help="convert-dicom's output directory"
+    )
     parser.add_argument("--out", default="data/crops", help="output directory")
     parser.add_argument("--report", default="reports/crop-rois.json", help="report (DVC metric)")
     args = parser.parse_args(argv)

@@ -34,14 +34,17 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(params.data.root)
             with atomic_dir(args.raw) as tmp:
                 (tmp / "SOURCE.txt").write_text(
-                    f"data.source is rsna: images are read in place from {root}\n")
+                    f"data.source is rsna: images are read in place from {root}\n"
+                )
         result = ingest(root, params.ingest.on_error)
         with atomic_dir(args.out) as tmp:
             write_csv(tmp / "labels.csv", result.labels)
             write_csv(tmp / "series.csv", result.series)
             write_csv(tmp / "dropped.csv", result.dropped)
             write_csv(tmp / "quirks.csv", result.quirks)
-            write_json(tmp / "source.json", {"source": params.data.source, "images_root": str(root)})
+            write_json(
+                tmp / "source.json", {"source": params.data.source, "images_root": str(root)}
+            )
         write_json(args.report, result.report)
 
     return run(body)

@@ -18,11 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from spinegrade.errors import ConfigError
 from spinegrade.vocab import GROUPS
-
-
-class ConfigError(ValueError):
-    """A params file that does not match the expected schema."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +154,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin in (Mapping, dict) or tp is Mapping:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

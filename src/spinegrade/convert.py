@@ -25,8 +25,20 @@ from spinegrade.parallel import parallel_map
 log = logging.getLogger(__name__)
 
 SLICE_COLUMNS = (
-    "study_id", "series_id", "series_description", "stack", "slice", "instance_number",
-    "ipp_x", "ipp_y", "ipp_z", "depth", "rows", "cols", "row_spacing", "col_spacing",
+    "study_id",
+    "series_id",
+    "series_description",
+    "stack",
+    "slice",
+    "instance_number",
+    "ipp_x",
+    "ipp_y",
+    "ipp_z",
+    "depth",
+    "rows",
+    "cols",
+    "row_spacing",
+    "col_spacing",
 )
 
 
@@ -61,22 +73,36 @@ def convert_one(job: SeriesJob) -> dict:
         skip(exc)
         return {"rows": [], "skipped": skipped, "stacks": 0}
     dest = Path(job.out_dir) / str(job.study_id) / str(job.series_id)
-    geometry = {"study_id": job.study_id, "series_id": job.series_id,
-                "series_description": job.series_description, "stacks": []}
+    geometry = {
+        "study_id": job.study_id,
+        "series_id": job.series_id,
+        "series_description": job.series_description,
+        "stacks": [],
+    }
     rows = []
     for k, st in enumerate(stacks):
         write_npy(dest / f"stack{k}.npy", st.pixels)
         geometry["stacks"].append({"file": f"stack{k}.npy", **st.geometry()})
         depth = st.positions @ st.normal
         for i, inst in enumerate(st.instance_numbers):
-            rows.append({
-                "study_id": job.study_id, "series_id": job.series_id,
-                "series_description": job.series_description, "stack": k, "slice": i,
-                "instance_number": int(inst),
-                "ipp_x": st.positions[i, 0], "ipp_y": st.positions[i, 1], "ipp_z": st.positions[i, 2],
-                "depth": depth[i], "rows": st.pixels.shape[1], "cols": st.pixels.shape[2],
-                "row_spacing": st.spacing[0], "col_spacing": st.spacing[1],
-            })
+            rows.append(
+                {
+                    "study_id": job.study_id,
+                    "series_id": job.series_id,
+                    "series_description": job.series_description,
+                    "stack": k,
+                    "slice": i,
+                    "instance_number": int(inst),
+                    "ipp_x": st.positions[i, 0],
+                    "ipp_y": st.positions[i, 1],
+                    "ipp_z": st.positions[i, 2],
+                    "depth": depth[i],
+                    "rows": st.pixels.shape[1],
+                    "cols": st.pixels.shape[2],
+                    "row_spacing": st.spacing[0],
+                    "col_spacing": st.spacing[1],
+                }
+            )
     write_json(dest / "geometry.json", geometry)
     return {"rows": rows, "skipped": skipped, "stacks": len(stacks)}
 
@@ -104,8 +130,14 @@ def convert_all(
     todo = series[series["needed"].astype(bool)]
     with atomic_dir(out_dir) as tmp:
         jobs = [
-            SeriesJob(str(images_root / f"{r.split}_images"), int(r.study_id), int(r.series_id),
-                      r.series_description, str(tmp), on_error == "skip")
+            SeriesJob(
+                str(images_root / f"{r.split}_images"),
+                int(r.study_id),
+                int(r.series_id),
+                r.series_description,
+                str(tmp),
+                on_error == "skip",
+            )
             for r in todo.itertuples(index=False)
         ]
         results = parallel_map(convert_one, jobs, workers, "convert-dicom", "series")
@@ -113,7 +145,10 @@ def convert_all(
         skipped = [s for r in results for s in r["skipped"]]
         slices = pd.DataFrame(rows, columns=list(SLICE_COLUMNS))
         write_csv(Path(tmp) / "slices.csv", slices)
-        write_csv(Path(tmp) / "skipped.csv", pd.DataFrame(skipped, columns=["study_id", "series_id", "error"]))
+        write_csv(
+            Path(tmp) / "skipped.csv",
+            pd.DataFrame(skipped, columns=["study_id", "series_id", "error"]),
+        )
     for s in skipped:
         log.warning("skipped: %s", s["error"])
     stacks_per_series = Counter(r["stacks"] for r in results)
@@ -125,10 +160,18 @@ def convert_all(
         "slices": len(slices),
         "series_with_several_stacks": int(sum(v for k, v in stacks_per_series.items() if k > 1)),
         "skipped_files": len(skipped),
-        "image_shapes": {f"{r}x{c}": int(n) for (r, c), n in
-                         sorted(Counter(zip(slices["rows"], slices["cols"])).items())},
-        "pixel_spacing_mm": {"min": float(slices["row_spacing"].min()) if len(slices) else 0.0,
-                             "max": float(slices["row_spacing"].max()) if len(slices) else 0.0},
-        "slices_per_series": {"min": int(per_series.size().min()) if len(slices) else 0,
-                              "max": int(per_series.size().max()) if len(slices) else 0},
+        "image_shapes": {
+            f"{r}x{c}": int(n)
+            for (r, c), n in sorted(
+                Counter(zip(slices["rows"], slices["cols"], strict=True)).items()
+            )
+        },
+        "pixel_spacing_mm": {
+            "min": float(slices["row_spacing"].min()) if len(slices) else 0.0,
+            "max": float(slices["row_spacing"].max()) if len(slices) else 0.0,
+        },
+        "slices_per_series": {
+            "min": int(per_series.size().min()) if len(slices) else 0,
+            "max": int(per_series.size().max()) if len(slices) else 0,
+        },
     }

@@ -23,16 +23,28 @@ from spinegrade.config import CropConfig
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = (
-    "study_id", "condition", "level", "side", "severity", "label", "series_id",
-    "instance_number", "stack", "slice", "x", "y", "padded_slices", "padded_inplane",
+    "study_id",
+    "condition",
+    "level",
+    "side",
+    "severity",
+    "label",
+    "series_id",
+    "instance_number",
+    "stack",
+    "slice",
+    "x",
+    "y",
+    "padded_slices",
+    "padded_inplane",
 )
 
 
 def normalise_stack(pixels: np.ndarray) -> np.ndarray:
     """(S, H, W) any dtype -> float32 in [0, 1] by the stack's 0.5/99.5 percentiles."""
-    lo, hi = np.percentile(pixels, [0.5, 99.5])
-    scale = (hi - lo) if hi > lo else 1.0
-    return np.clip((pixels.astype(np.float32) - lo) / scale, 0.0, 1.0)
+    lo, hi = np.percentile(pixels, [0.5, 99.5]).astype(np.float32)
+    scale = (hi - lo) if hi > lo else np.float32(1.0)
+    return np.clip((pixels.astype(np.float32) - lo) / scale, 0.0, 1.0, dtype=np.float32)
 
 
 def crop_25d(
@@ -101,13 +113,19 @@ def build_crops(
     volumes_dir = Path(volumes_dir)
     located = labels.dropna(subset=["series_id", "instance_number"]).merge(
         slices[["series_id", "instance_number", "stack", "slice", "row_spacing", "col_spacing"]],
-        on=["series_id", "instance_number"], how="left", validate="many_to_one",
+        on=["series_id", "instance_number"],
+        how="left",
+        validate="many_to_one",
     )
     missing = located["stack"].isna()
     report: dict = {"groups": {}, "dropped_no_volume": int(missing.sum())}
     for r in located[missing].itertuples(index=False):
-        log.warning("no converted slice for %s (series %s instance %s); not cropped",
-                    vocab.row_id(r.study_id, r.condition, r.level), r.series_id, r.instance_number)
+        log.warning(
+            "no converted slice for %s (series %s instance %s); not cropped",
+            vocab.row_id(r.study_id, r.condition, r.level),
+            r.series_id,
+            r.instance_number,
+        )
     located = located[~missing].astype({"stack": "int64", "slice": "int64"})
     cache: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -115,27 +133,50 @@ def build_crops(
         key = (study, series, stack)
         if key not in cache:
             cache.clear()  # rows are sorted by series: keep one stack in memory
-            cache[key] = normalise_stack(np.load(volumes_dir / str(study) / str(series) / f"stack{stack}.npy"))
+            cache[key] = normalise_stack(
+                np.load(volumes_dir / str(study) / str(series) / f"stack{stack}.npy")
+            )
         return cache[key]
 
     out: dict[str, GroupCrops] = {}
     for name, group in vocab.GROUPS.items():
         rows = located[located["condition"].isin(group.conditions)]
-        rows = rows.sort_values(["study_id", "series_id", "stack", "condition", "level"], kind="stable")
+        rows = rows.sort_values(
+            ["study_id", "series_id", "stack", "condition", "level"], kind="stable"
+        )
         crops = np.zeros((len(rows), cfg.slices, cfg.size_px, cfg.size_px), dtype=np.uint8)
         index = []
         for i, r in enumerate(rows.itertuples(index=False)):
             vol = volume(int(r.study_id), int(r.series_id), int(r.stack))
-            crop, padded, inplane = crop_25d(vol, int(r.slice), r.x, r.y, (r.row_spacing, r.col_spacing),
-                                             cfg.size_mm[name], cfg.size_px, cfg.slices)
+            crop, padded, inplane = crop_25d(
+                vol,
+                int(r.slice),
+                r.x,
+                r.y,
+                (r.row_spacing, r.col_spacing),
+                cfg.size_mm[name],
+                cfg.size_px,
+                cfg.slices,
+            )
             crops[i] = np.round(crop * 255.0).astype(np.uint8)
-            index.append({
-                "study_id": int(r.study_id), "condition": r.condition, "level": r.level,
-                "side": vocab.side_of(r.condition), "severity": r.severity,
-                "label": vocab.SEVERITY_INDEX[r.severity], "series_id": int(r.series_id),
-                "instance_number": int(r.instance_number), "stack": int(r.stack), "slice": int(r.slice),
-                "x": r.x, "y": r.y, "padded_slices": padded, "padded_inplane": inplane,
-            })
+            index.append(
+                {
+                    "study_id": int(r.study_id),
+                    "condition": r.condition,
+                    "level": r.level,
+                    "side": vocab.side_of(r.condition),
+                    "severity": r.severity,
+                    "label": vocab.SEVERITY_INDEX[r.severity],
+                    "series_id": int(r.series_id),
+                    "instance_number": int(r.instance_number),
+                    "stack": int(r.stack),
+                    "slice": int(r.slice),
+                    "x": r.x,
+                    "y": r.y,
+                    "padded_slices": padded,
+                    "padded_inplane": inplane,
+                }
+            )
         idx = pd.DataFrame(index, columns=list(INDEX_COLUMNS))
         out[name] = GroupCrops(crops, idx)
         report["groups"][name] = {
@@ -144,6 +185,9 @@ def build_crops(
             "padded_slices": int((idx["padded_slices"] > 0).sum()),
             "padded_inplane": int(idx["padded_inplane"].sum()),
         }
-    report["shape"] = {"slices": cfg.slices, "size_px": cfg.size_px,
-                       "size_mm": json.loads(json.dumps(dict(cfg.size_mm)))}
+    report["shape"] = {
+        "slices": cfg.slices,
+        "size_px": cfg.size_px,
+        "size_mm": json.loads(json.dumps(dict(cfg.size_mm))),
+    }
     return out, report

@@ -17,17 +17,19 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from spinegrade.errors import DicomError
 from spinegrade.geometry import slice_normal
 
 log = logging.getLogger(__name__)
 
 # Geometry tags a slice must carry.
-REQUIRED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "InstanceNumber")
+REQUIRED_TAGS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "InstanceNumber",
+)
 ORIENTATION_DECIMALS = 3
-
-
-class DicomError(ValueError):
-    """An unreadable, truncated or geometry-less DICOM file; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ def read_slice(path: str | Path) -> Slice:
     except Exception as exc:  # pydicom raises many types for truncated or undecodable data
         raise DicomError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
     if pixels.ndim != 2:
-        raise DicomError(f"{path}: expected one 2D monochrome frame, got pixel shape {pixels.shape}")
+        raise DicomError(
+            f"{path}: expected one 2D monochrome frame, got pixel shape {pixels.shape}"
+        )
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if slope != 1 or intercept != 0:

@@ -25,14 +25,18 @@ def split_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     studies = labels["study_id"].unique()
     if len(studies) < n_folds:
         raise ValueError(f"split-folds: {len(studies)} studies cannot fill {n_folds} folds")
-    rows = labels.sort_values(["study_id", "condition", "level"], kind="stable").reset_index(drop=True)
+    rows = labels.sort_values(["study_id", "condition", "level"], kind="stable").reset_index(
+        drop=True
+    )
     strata = rows["condition"].map(vocab.GROUP_OF_CONDITION) + ":" + rows["severity"]
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold_of: dict[int, int] = {}
     for fold, (_, test_idx) in enumerate(splitter.split(rows, strata, groups=rows["study_id"])):
         for study in rows.loc[test_idx, "study_id"].unique():
             if fold_of.setdefault(int(study), fold) != fold:
-                raise AssertionError(f"study {study} assigned to folds {fold_of[int(study)]} and {fold}")
+                raise AssertionError(
+                    f"study {study} assigned to folds {fold_of[int(study)]} and {fold}"
+                )
     folds = pd.DataFrame(sorted(fold_of.items()), columns=["study_id", "fold"])
     return folds
 
@@ -46,6 +50,9 @@ def fold_report(labels: pd.DataFrame, folds: pd.DataFrame) -> dict:
         entry: dict = {"studies": int(part["study_id"].nunique())}
         for g in vocab.GROUPS:
             sev = part.loc[part["group"] == g, "severity"].value_counts()
-            entry[g] = {col: int(sev.get(s, 0)) for s, col in zip(vocab.SEVERITIES, vocab.SEVERITY_COLUMNS)}
+            entry[g] = {
+                col: int(sev.get(s, 0))
+                for s, col in zip(vocab.SEVERITIES, vocab.SEVERITY_COLUMNS, strict=True)
+            }
         report[f"fold{fold}"] = entry
     return report

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 
 from spinegrade import vocab
+from spinegrade.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ SERIES_COLUMNS = (
 )
 
 
-class DataError(ValueError):
-    """Input data that breaks the dataset's contract; the message names file and line."""
-
-
 @dataclass
 class Problems:
     """Collects dropped rows and quirks; raises on errors unless skipping."""
@@ -65,10 +62,16 @@ class Problems:
         self.drop(file, line, reason)
 
     def drop(self, file: str, line: int | None, reason: str) -> None:
-        self.dropped.append({"file": file, "line": line if line is not None else "", "reason": reason})
+        self.dropped.append(
+            {"file": file, "line": line if line is not None else "", "reason": reason}
+        )
 
-    def quirk(self, kind: str, study_id: int | str = "", series_id: int | str = "", detail: str = "") -> None:
-        self.quirks.append({"kind": kind, "study_id": study_id, "series_id": series_id, "detail": detail})
+    def quirk(
+        self, kind: str, study_id: int | str = "", series_id: int | str = "", detail: str = ""
+    ) -> None:
+        self.quirks.append(
+            {"kind": kind, "study_id": study_id, "series_id": series_id, "detail": detail}
+        )
 
 
 @dataclass
@@ -80,6 +83,7 @@ class IngestResult:
     dropped: pd.DataFrame
     quirks: pd.DataFrame
     report: dict
+    root: Path  # the dataset directory that was read
 
 
 def read_csv_checked(path: Path, header: tuple[str, ...]) -> pd.DataFrame:
@@ -137,9 +141,7 @@ def scan_series_dir(series_dir: Path) -> tuple[list[int], int, list[str]]:
     return sorted(instances), total, bad
 
 
-def _read_series_table(
-    root: Path, name: str, split: str, problems: Problems
-) -> dict[int, dict]:
+def _read_series_table(root: Path, name: str, split: str, problems: Problems) -> dict[int, dict]:
     """Validated rows of a series-descriptions CSV, keyed by series id."""
     path = root / name
     df = read_csv_checked(path, vocab.SERIES_CSV_HEADER)
@@ -148,11 +150,19 @@ def _read_series_table(
         line = i + 2
         study, series = _int_id(row.study_id), _int_id(row.series_id)
         if study is None or series is None:
-            problems.error(name, line, f"study_id/series_id must be integers, got {row.study_id!r}, {row.series_id!r}")
+            problems.error(
+                name,
+                line,
+                f"study_id/series_id must be integers, got {row.study_id!r}, {row.series_id!r}",
+            )
             continue
         if row.series_description not in vocab.SERIES_TYPES:
-            problems.error(name, line, f"unknown series_description {row.series_description!r}; "
-                           f"expected one of {list(vocab.SERIES_TYPES)}")
+            problems.error(
+                name,
+                line,
+                f"unknown series_description {row.series_description!r}; "
+                f"expected one of {list(vocab.SERIES_TYPES)}",
+            )
             continue
         if series in out:
             problems.error(name, line, f"duplicate series_id {series}")
@@ -194,14 +204,18 @@ def _read_labels(root: Path, problems: Problems) -> dict[int, dict[tuple[str, st
             problems.error(name, line, f"duplicate study_id {study}")
             continue
         cells: dict[tuple[str, str], int] = {}
-        for col, value in zip(vocab.TRAIN_COLUMNS, row[1:]):
-            condition, level = col[: -len("_l1_l2")], col[-len("l1_l2"):]
+        for col, value in zip(vocab.TRAIN_COLUMNS, row[1:], strict=True):
+            condition, level = col[: -len("_l1_l2")], col[-len("l1_l2") :]
             if value == "":
                 problems.quirk("missing_label", study, "", col)
                 continue
             if value not in vocab.SEVERITY_INDEX:
-                problems.error(name, line, f"column {col}: unknown severity {value!r}; "
-                               f"expected one of {list(vocab.SEVERITIES)} or empty")
+                problems.error(
+                    name,
+                    line,
+                    f"column {col}: unknown severity {value!r}; "
+                    f"expected one of {list(vocab.SEVERITIES)} or empty",
+                )
                 continue
             cells[(condition, level)] = vocab.SEVERITY_INDEX[value]
         labels[study] = cells
@@ -243,11 +257,13 @@ def ingest(root: str | Path, on_error: OnError = "raise") -> IngestResult:
         row["needed"] = s["split"] == "test" or s["series_id"] in needed
         series_rows.append(row)
     series_df = pd.DataFrame(series_rows, columns=list(SERIES_COLUMNS))
-    series_df = series_df.sort_values(["split", "study_id", "series_id"], kind="stable").reset_index(drop=True)
+    series_df = series_df.sort_values(
+        ["split", "study_id", "series_id"], kind="stable"
+    ).reset_index(drop=True)
     dropped = pd.DataFrame(problems.dropped, columns=["file", "line", "reason"])
     quirks = pd.DataFrame(problems.quirks, columns=["kind", "study_id", "series_id", "detail"])
     report = _report(table, series_df, dropped, quirks, labels)
-    return IngestResult(table, series_df, dropped, quirks, report)
+    return IngestResult(table, series_df, dropped, quirks, report, root)
 
 
 def _read_coordinates(
@@ -259,36 +275,58 @@ def _read_coordinates(
     out: dict[tuple[int, str, str], dict] = {}
     for i, row in enumerate(df.itertuples(index=False)):
         line = i + 2
-        study, series_id, inst = _int_id(row.study_id), _int_id(row.series_id), _int_id(row.instance_number)
+        study, series_id, inst = (
+            _int_id(row.study_id),
+            _int_id(row.series_id),
+            _int_id(row.instance_number),
+        )
         x, y = _float(row.x), _float(row.y)
         if None in (study, series_id, inst):
-            problems.error(name, line, "study_id, series_id and instance_number must be integers, got "
-                           f"{row.study_id!r}, {row.series_id!r}, {row.instance_number!r}")
+            problems.error(
+                name,
+                line,
+                "study_id, series_id and instance_number must be integers, got "
+                f"{row.study_id!r}, {row.series_id!r}, {row.instance_number!r}",
+            )
             continue
         if x is None or y is None:
             problems.error(name, line, f"x and y must be finite numbers, got {row.x!r}, {row.y!r}")
             continue
         condition = vocab.CONDITION_FROM_NAME.get(row.condition)
         if condition is None:
-            problems.error(name, line, f"unknown condition {row.condition!r}; expected one of "
-                           f"{list(vocab.CONDITION_NAMES.values())}")
+            problems.error(
+                name,
+                line,
+                f"unknown condition {row.condition!r}; expected one of "
+                f"{list(vocab.CONDITION_NAMES.values())}",
+            )
             continue
         level = vocab.LEVEL_FROM_NAME.get(row.level)
         if level is None:
-            problems.error(name, line, f"unknown level {row.level!r}; expected one of "
-                           f"{list(vocab.LEVEL_NAMES.values())}")
+            problems.error(
+                name,
+                line,
+                f"unknown level {row.level!r}; expected one of {list(vocab.LEVEL_NAMES.values())}",
+            )
             continue
         if study not in labels:
             problems.error(name, line, f"study {study} is not in train.csv")
             continue
         s = series.get(series_id)
         if s is None or s["study_id"] != study:
-            problems.error(name, line, f"series {series_id} of study {study} is not in "
-                           "train_series_descriptions.csv")
+            problems.error(
+                name,
+                line,
+                f"series {series_id} of study {study} is not in train_series_descriptions.csv",
+            )
             continue
         if inst not in s["instances"]:
-            problems.error(name, line, f"instance {inst} not found: "
-                           f"train_images/{study}/{series_id}/{inst}.dcm does not exist")
+            problems.error(
+                name,
+                line,
+                f"instance {inst} not found: "
+                f"train_images/{study}/{series_id}/{inst}.dcm does not exist",
+            )
             continue
         key = (study, condition, level)
         if key in out:
@@ -296,8 +334,12 @@ def _read_coordinates(
             continue
         expected = vocab.SERIES_TYPE_OF_CONDITION[condition]
         if s["series_description"] != expected:
-            problems.drop(name, line, f"coordinates for {row.condition} lie on a "
-                          f"{s['series_description']} series; it is graded on {expected}")
+            problems.drop(
+                name,
+                line,
+                f"coordinates for {row.condition} lie on a "
+                f"{s['series_description']} series; it is graded on {expected}",
+            )
             continue
         if (condition, level) not in labels[study]:
             problems.drop(name, line, f"label {vocab.row_id(*key)} is empty in train.csv")
@@ -322,11 +364,28 @@ def _long_table(labels: dict, coords: dict, series: dict, problems: Problems) ->
                     continue
                 c = coords.get((study, condition, level))
                 if c is None:
-                    problems.quirk("label_without_coordinates", study, "", vocab.row_id(study, condition, level))
-                    c = {"series_id": None, "instance_number": None, "x": None, "y": None,
-                         "series_description": None}
-                rows.append({"study_id": study, "condition": condition, "level": level,
-                             "severity": vocab.SEVERITIES[sev], **c})
+                    problems.quirk(
+                        "label_without_coordinates",
+                        study,
+                        "",
+                        vocab.row_id(study, condition, level),
+                    )
+                    c = {
+                        "series_id": None,
+                        "instance_number": None,
+                        "x": None,
+                        "y": None,
+                        "series_description": None,
+                    }
+                rows.append(
+                    {
+                        "study_id": study,
+                        "condition": condition,
+                        "level": level,
+                        "severity": vocab.SEVERITIES[sev],
+                        **c,
+                    }
+                )
     df = pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
     df["series_id"] = df["series_id"].astype("Int64")
     df["instance_number"] = df["instance_number"].astype("Int64")
@@ -341,50 +400,87 @@ def _series_quirks(labels: dict, series: dict[int, dict], problems: Problems) ->
         by_study.setdefault(s["study_id"], Counter())[s["series_description"]] += 1
         inst = s["instances"]
         if inst[0] != 1:
-            problems.quirk("instances_start_above_1", s["study_id"], s["series_id"], f"first instance {inst[0]}")
+            problems.quirk(
+                "instances_start_above_1",
+                s["study_id"],
+                s["series_id"],
+                f"first instance {inst[0]}",
+            )
         if inst[-1] - inst[0] + 1 != len(inst):
-            problems.quirk("instances_not_contiguous", s["study_id"], s["series_id"],
-                           f"{len(inst)} files span {inst[0]}..{inst[-1]}")
+            problems.quirk(
+                "instances_not_contiguous",
+                s["study_id"],
+                s["series_id"],
+                f"{len(inst)} files span {inst[0]}..{inst[-1]}",
+            )
     for study, counts in sorted(by_study.items()):
         if study not in labels:
-            problems.quirk("series_without_labels", study, "", "study has series but no train.csv row")
+            problems.quirk(
+                "series_without_labels", study, "", "study has series but no train.csv row"
+            )
         for t in vocab.SERIES_TYPES:
             if counts[t] == 0:
                 problems.quirk("missing_series_type", study, "", t)
         if counts[vocab.AXIAL_T2] > 1:
-            problems.quirk("several_axial_series", study, "", f"{counts[vocab.AXIAL_T2]} Axial T2 series")
+            problems.quirk(
+                "several_axial_series", study, "", f"{counts[vocab.AXIAL_T2]} Axial T2 series"
+            )
 
 
-def _report(table: pd.DataFrame, series: pd.DataFrame, dropped: pd.DataFrame,
-            quirks: pd.DataFrame, labels: dict) -> dict:
+def _report(
+    table: pd.DataFrame,
+    series: pd.DataFrame,
+    dropped: pd.DataFrame,
+    quirks: pd.DataFrame,
+    labels: dict,
+) -> dict:
     counts: dict[str, dict[str, int]] = {}
-    missing = Counter(quirks.loc[quirks["kind"] == "missing_label", "detail"].map(
-        lambda col: vocab.GROUP_OF_CONDITION[col[: -len("_l1_l2")]]))
+    missing = Counter(
+        quirks.loc[quirks["kind"] == "missing_label", "detail"].map(
+            lambda col: vocab.GROUP_OF_CONDITION[col[: -len("_l1_l2")]]
+        )
+    )
     group = table["condition"].map(vocab.GROUP_OF_CONDITION)
     for g in vocab.GROUPS:
         sev = table.loc[group == g, "severity"].value_counts()
-        counts[g] = {vocab.SEVERITY_COLUMNS[i]: int(sev.get(s, 0)) for i, s in enumerate(vocab.SEVERITIES)}
+        counts[g] = {
+            vocab.SEVERITY_COLUMNS[i]: int(sev.get(s, 0)) for i, s in enumerate(vocab.SEVERITIES)
+        }
         counts[g]["missing"] = int(missing.get(g, 0))
         counts[g]["with_coordinates"] = int((table.loc[group == g, "series_id"].notna()).sum())
     train = series[series["split"] == "train"]
     return {
-        "studies": {"train": len(labels), "test": int(series.loc[series["split"] == "test", "study_id"].nunique())},
+        "studies": {
+            "train": len(labels),
+            "test": int(series.loc[series["split"] == "test", "study_id"].nunique()),
+        },
         "series": {t: int((train["series_description"] == t).sum()) for t in vocab.SERIES_TYPES},
         "labels": counts,
         "quirks": {k: int(v) for k, v in sorted(Counter(quirks["kind"]).items())},
         "dropped_rows": {
             "total": len(dropped),
-            "by_reason": {k: int(v) for k, v in sorted(Counter(
-                dropped["reason"].map(_reason_kind)).items())},
+            "by_reason": {
+                k: int(v) for k, v in sorted(Counter(dropped["reason"].map(_reason_kind)).items())
+            },
         },
     }
 
 
 def _reason_kind(reason: str) -> str:
     """A reason's stable kind for counting (the text up to its first specific value)."""
-    for kind in ("duplicate coordinates", "lie on a", "is empty in train.csv", "not found",
-                 "unknown condition", "unknown level", "unknown severity", "unknown series_description",
-                 "is not in", "must be", "duplicate"):
+    for kind in (
+        "duplicate coordinates",
+        "lie on a",
+        "is empty in train.csv",
+        "not found",
+        "unknown condition",
+        "unknown level",
+        "unknown severity",
+        "unknown series_description",
+        "is not in",
+        "must be",
+        "duplicate",
+    ):
         if kind in reason:
             return kind.replace(" ", "_")
     return "other"

@@ -10,7 +10,9 @@ from typing import Any
 from tqdm import tqdm
 
 
-def parallel_map(fn: Callable[[Any], Any], jobs: Sequence, workers: int, desc: str, unit: str) -> list:
+def parallel_map(
+    fn: Callable[[Any], Any], jobs: Sequence, workers: int, desc: str, unit: str
+) -> list:
     """``[fn(j) for j in jobs]`` over ``workers`` processes (inline when 1), with a tqdm bar.
 
     Results come back in job order, so outputs do not depend on scheduling.

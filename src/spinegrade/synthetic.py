@@ -166,12 +166,14 @@ def render(anatomy: Anatomy, points: np.ndarray, weighting: int) -> np.ndarray:
             fz = dz - FORAMEN_DZ_MM
             zone = near & (np.abs(fu) < 7) & (np.abs(fz) < 9) & (np.abs(fv) < 7)
             img = np.where(zone, t["soft"], img)
-            img = np.where((fu / 7) ** 2 + (fv / (5 * s)) ** 2 + (fz / (7 * s)) ** 2 <= 1, t["fat"], img)
+            img = np.where(
+                (fu / 7) ** 2 + (fv / (5 * s)) ** 2 + (fz / (7 * s)) ** 2 <= 1, t["fat"], img
+            )
             nerve = fu**2 / 6.0**2 + fv**2 / 1.8**2 + (fz - 3.0 * s) ** 2 / 1.8**2 <= 1
             img = np.where(nerve, t["nerve"], img)
         # Subarticular recesses: ligament around a CSF lobe scaled by severity.
         level_band = np.abs(dz) < 7.0
-        for side, sign in ((0, 1.0), (1, -1.0)):
+        for sign in (1.0, -1.0):
             ru = u - sign * RECESS_U_MM
             rv = v - RECESS_V_MM
             img = np.where(level_band & _ellipse(ru, rv, 6.0, 4.5), t["ligament"], img)
@@ -208,7 +210,9 @@ class SeriesPlan:
     levels: tuple[int, ...] = ()  # axial: levels covered
 
 
-def _grid(rng: np.random.Generator, sizes: tuple[int, ...], fov: tuple[float, float], non_square: float):
+def _grid(
+    rng: np.random.Generator, sizes: tuple[int, ...], fov: tuple[float, float], non_square: float
+):
     rows = int(rng.choice(sizes))
     cols = rows
     if rng.random() < non_square:
@@ -225,18 +229,24 @@ def _slice_at(center: np.ndarray, iop: np.ndarray, shape: tuple[int, int], spaci
     return SliceSpec(np.round(ipp, 4), iop, spacing, shape)
 
 
-def _sagittal_plan(rng, cfg: SyntheticConfig, anatomy: Anatomy, series_id: int, desc: str) -> SeriesPlan:
+def _sagittal_plan(
+    rng, cfg: SyntheticConfig, anatomy: Anatomy, series_id: int, desc: str
+) -> SeriesPlan:
     shape, spacing = _grid(rng, cfg.sagittal_sizes, cfg.sagittal_fov_mm, cfg.non_square_rate)
     n = int(rng.integers(cfg.sagittal_slices[0], cfg.sagittal_slices[1] + 1))
     gap = float(rng.uniform(3.5, 4.5))
     x_mid = anatomy.x0 + float(rng.uniform(-2, 2))
     z_mid = float(np.mean(anatomy.disc_z))
-    centers = [np.array([x_mid + (i - (n - 1) / 2) * gap, anatomy.y0 - 10.0, z_mid]) for i in range(n)]
+    centers = [
+        np.array([x_mid + (i - (n - 1) / 2) * gap, anatomy.y0 - 10.0, z_mid]) for i in range(n)
+    ]
     slices = [_slice_at(cen, SAGITTAL_IOP, shape, spacing) for cen in centers]
     return SeriesPlan(series_id, desc, slices, thickness=round(gap * 0.9, 2))
 
 
-def _axial_plan(rng, cfg: SyntheticConfig, anatomy: Anatomy, series_id: int, levels, continuous: bool) -> SeriesPlan:
+def _axial_plan(
+    rng, cfg: SyntheticConfig, anatomy: Anatomy, series_id: int, levels, continuous: bool
+) -> SeriesPlan:
     shape, spacing = _grid(rng, cfg.axial_sizes, cfg.axial_fov_mm, cfg.non_square_rate)
     slices: list[SliceSpec] = []
     center_xy = np.array([anatomy.x0, anatomy.y0 - 10.0])
@@ -259,7 +269,9 @@ def _axial_plan(rng, cfg: SyntheticConfig, anatomy: Anatomy, series_id: int, lev
             for i in range(m):
                 cen = base + ((m - 1) / 2 - i) * gap * normal + offset * normal
                 slices.append(_slice_at(cen, iop, shape, spacing))
-    return SeriesPlan(series_id, vocab.AXIAL_T2, slices, thickness=round(gap * 0.9, 2), levels=tuple(levels))
+    return SeriesPlan(
+        series_id, vocab.AXIAL_T2, slices, thickness=round(gap * 0.9, 2), levels=tuple(levels)
+    )
 
 
 def _instance_numbers(rng, n: int, quirky: bool) -> list[int]:
@@ -278,7 +290,9 @@ def _draw_grades(rng, cfg: SyntheticConfig, group: str, level: int, n: int) -> n
     p = counts / counts.sum()
     odds = LEVEL_ODDS[group][level] / np.mean(LEVEL_ODDS[group])
     abnormal = np.clip((1 - p[0]) * odds, 0, 0.95)
-    probs = np.array([1 - abnormal, abnormal * p[1] / (p[1] + p[2]), abnormal * p[2] / (p[1] + p[2])])
+    probs = np.array(
+        [1 - abnormal, abnormal * p[1] / (p[1] + p[2]), abnormal * p[2] / (p[1] + p[2])]
+    )
     return rng.choice(3, size=n, p=probs)
 
 
@@ -310,7 +324,7 @@ def _write_series(
     series_dir.mkdir(parents=True)
     scale = float(rng.uniform(800, 2500))
     series_uid = generate_uid(entropy_srcs=[str(study_id), str(plan.series_id), "series"])
-    for spec, inst in zip(plan.slices, instance_numbers):
+    for spec, inst in zip(plan.slices, instance_numbers, strict=True):
         rows, cols = spec.shape
         yy, xx = np.mgrid[0:rows, 0:cols]
         pts = pixel_to_world(xx, yy, spec.ipp, spec.iop, spec.spacing)
@@ -322,7 +336,9 @@ def _write_series(
         ds.save_as(series_dir / f"{inst}.dcm", enforce_file_format=True)
 
 
-def _dataset(spec, pixels, plan, inst, study_id, series_uid, identity, omit_spacing) -> pydicom.Dataset:
+def _dataset(
+    spec, pixels, plan, inst, study_id, series_uid, identity, omit_spacing
+) -> pydicom.Dataset:
     sop_uid = generate_uid(entropy_srcs=[str(study_id), str(plan.series_id), str(inst)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -374,21 +390,36 @@ def generate_study(args: tuple) -> dict[str, list]:
     rng = np.random.default_rng([seed, index])
     period = float(rng.uniform(32.0, 37.0))
     z_top = float(rng.uniform(55.0, 75.0))
-    grades = {g: np.array([_draw_grades(rng, cfg, g, k, 2)[: (1 if g == "spinal" else 2)]
-                           for k in range(5)]) for g in vocab.GROUPS}
+    grades = {
+        g: np.array(
+            [_draw_grades(rng, cfg, g, k, 2)[: (1 if g == "spinal" else 2)] for k in range(5)]
+        )
+        for g in vocab.GROUPS
+    }
     anatomy = Anatomy(
         x0=float(rng.normal(0, 3)),
         y0=float(rng.normal(0, 4)),
         disc_z=z_top - period * np.arange(5),
         period=period,
         bulge=np.array([_shape_param(rng, SPINAL_BULGE_MM, g[0]) for g in grades["spinal"]]),
-        foramen=np.array([[_shape_param(rng, FORAMEN_SCALE, grades["foraminal"][k, s]) for k in range(5)] for s in range(2)]),
-        recess=np.array([[_shape_param(rng, RECESS_SCALE, grades["subarticular"][k, s]) for k in range(5)] for s in range(2)]),
+        foramen=np.array(
+            [
+                [_shape_param(rng, FORAMEN_SCALE, grades["foraminal"][k, s]) for k in range(5)]
+                for s in range(2)
+            ]
+        ),
+        recess=np.array(
+            [
+                [_shape_param(rng, RECESS_SCALE, grades["subarticular"][k, s]) for k in range(5)]
+                for s in range(2)
+            ]
+        ),
     )
+    born = (int(rng.integers(1940, 2000)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
     identity = {
         "name": FAKE_NAMES[index % len(FAKE_NAMES)],
         "id": f"PID{int(rng.integers(10**6, 10**7))}",
-        "birth": f"19{int(rng.integers(40, 99))}0{int(rng.integers(1, 10))}1{int(rng.integers(0, 10))}",
+        "birth": "{:04d}{:02d}{:02d}".format(*born),
         "sex": "F" if rng.random() < 0.5 else "M",
         "institution": "Synthetic General Hospital",
     }
@@ -437,30 +468,48 @@ def generate_study(args: tuple) -> dict[str, list]:
                 if is_missing and rng.random() < 0.5:
                     continue
                 point = (
-                    anatomy.spinal_point(k) if group_name == "spinal"
-                    else anatomy.foramen_point(side_i, k) if group_name == "foraminal"
+                    anatomy.spinal_point(k)
+                    if group_name == "spinal"
+                    else anatomy.foramen_point(side_i, k)
+                    if group_name == "foraminal"
                     else anatomy.recess_point(side_i, k)
                 )
-                candidates = [p for p in plans if p.description == group.series_type
-                              and (not p.levels or k in p.levels)]
+                candidates = [
+                    p
+                    for p in plans
+                    if p.description == group.series_type and (not p.levels or k in p.levels)
+                ]
                 if not candidates:
                     continue
                 plan = candidates[int(rng.integers(len(candidates)))]
-                best = min(range(len(plan.slices)), key=lambda i: abs(
-                    world_to_pixel(point, plan.slices[i].ipp, plan.slices[i].iop, plan.slices[i].spacing)[2]))
+                # The labelled slice is the one through the structure; for axial series, the
+                # one through the disc centre (as a reader picks the level's slice).
+                anchor = anatomy.spinal_point(k) if group_name == "subarticular" else point
+                best = min(
+                    range(len(plan.slices)),
+                    key=lambda i: abs(
+                        world_to_pixel(
+                            anchor, plan.slices[i].ipp, plan.slices[i].iop, plan.slices[i].spacing
+                        )[2]
+                    ),
+                )
                 spec = plan.slices[best]
                 x, y, _ = world_to_pixel(point, spec.ipp, spec.iop, spec.spacing)
-                coords.append({
-                    "study_id": study_id,
-                    "series_id": plan.series_id,
-                    "instance_number": instances[plan.series_id][best],
-                    "condition": vocab.CONDITION_NAMES[condition],
-                    "level": vocab.LEVEL_NAMES[level],
-                    "x": round(float(x), 3),
-                    "y": round(float(y), 3),
-                })
-    series_rows = [{"study_id": study_id, "series_id": p.series_id, "series_description": p.description}
-                   for p in plans]
+                coords.append(
+                    {
+                        "study_id": study_id,
+                        "series_id": plan.series_id,
+                        "instance_number": instances[plan.series_id][best],
+                        "condition": vocab.CONDITION_NAMES[condition],
+                        "level": vocab.LEVEL_NAMES[level],
+                        "x": round(float(x), 3),
+                        "y": round(float(y), 3),
+                    }
+                )
+    series_rows = [
+        {"study_id": study_id, "series_id": p.series_id, "series_description": p.description}
+        for p in plans
+    ]
     return {"labels": [label_row], "coordinates": coords, "series": series_rows}
 
 
@@ -492,9 +541,9 @@ def generate_dataset(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
         jobs = []
         for i, study_id in enumerate(study_ids):
             split = "train_images" if i < cfg.n_train_studies else "test_images"
-            jobs.append((cfg, cfg.seed, i, study_id, series_ids[4 * i: 4 * i + 4], tmp / split))
+            jobs.append((cfg, cfg.seed, i, study_id, series_ids[4 * i : 4 * i + 4], tmp / split))
         results = parallel_map(generate_study, jobs, cfg.workers, "generate studies", "study")
-        train, test = results[: cfg.n_train_studies], results[cfg.n_train_studies:]
+        train, test = results[: cfg.n_train_studies], results[cfg.n_train_studies :]
         _write_tables(tmp, train, test)
     log.info("wrote %d train and %d test studies to %s", len(train), len(test), out_dir)
     return out_dir
@@ -508,12 +557,17 @@ def _write_tables(root: Path, train: list[dict], test: list[dict]) -> None:
     labels = table(train, "labels", vocab.TRAIN_CSV_HEADER)
     labels.to_csv(root / "train.csv", index=False, lineterminator="\n")
     table(train, "coordinates", vocab.COORDINATES_CSV_HEADER).to_csv(
-        root / "train_label_coordinates.csv", index=False, lineterminator="\n")
+        root / "train_label_coordinates.csv", index=False, lineterminator="\n"
+    )
     table(train, "series", vocab.SERIES_CSV_HEADER).to_csv(
-        root / "train_series_descriptions.csv", index=False, lineterminator="\n")
+        root / "train_series_descriptions.csv", index=False, lineterminator="\n"
+    )
     table(test, "series", vocab.SERIES_CSV_HEADER).to_csv(
-        root / "test_series_descriptions.csv", index=False, lineterminator="\n")
+        root / "test_series_descriptions.csv", index=False, lineterminator="\n"
+    )
     table(test, "labels", vocab.TRAIN_CSV_HEADER).to_csv(
-        root / TEST_LABELS_CSV, index=False, lineterminator="\n")
+        root / TEST_LABELS_CSV, index=False, lineterminator="\n"
+    )
     table(test, "coordinates", vocab.COORDINATES_CSV_HEADER).to_csv(
-        root / TEST_COORDINATES_CSV, index=False, lineterminator="\n")
+        root / TEST_COORDINATES_CSV, index=False, lineterminator="\n"
+    )

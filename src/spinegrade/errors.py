@@ -1,0 +1,18 @@
+"""The project's expected errors: each message names the file, row or key at fault."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the expected schema."""
+
+
+class DataError(ValueError):
+    """Input data that breaks the dataset's contract; the message names file and line."""
+
+
+class DicomError(ValueError):
+    """An unreadable, truncated or geometry-less DICOM file; the message names it."""
+
+
+EXPECTED_ERRORS = (ConfigError, DataError, DicomError, FileNotFoundError)

@@ -1,0 +1,188 @@
+"""The four data stages end to end: through their CLIs and through `dvc repro`.
+
+A shrunken copy of params.yaml (tiny synthetic data, one worker) drives the real stage
+scripts and the real dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import assert_no_identifiers, header_identifiers
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "n_train_studies": 6,
+    "n_test_studies": 1,
+    "workers": 1,
+    "sagittal_sizes": [96, 112],
+    "axial_sizes": [80, 96],
+}
+
+
+def tiny_params(dest: Path, **data) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"]["synthetic"].update(TINY)
+    params["convert-dicom"]["workers"] = 1
+    params["split-folds"]["n_folds"] = 3
+    params["crop-rois"]["size_px"] = 32
+    params["data"].update(data)
+    path = dest / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_stage(script: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_stage_clis_chain_and_leak_no_identifiers(tmp_path):
+    tiny_params(tmp_path)
+    for script in ("ingest.py", "convert_dicom.py", "crop_rois.py", "split_folds.py"):
+        proc = run_stage(script, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    outputs = [
+        p for d in ("ingest", "volumes", "crops") for p in (tmp_path / "data" / d).rglob("*")
+    ]
+    outputs += [tmp_path / "data" / "folds.csv", *(tmp_path / "reports").glob("*")]
+    assert_no_identifiers(
+        [p for p in outputs if p.is_file()], header_identifiers(tmp_path / "data" / "raw")
+    )
+    report = json.loads((tmp_path / "reports" / "crop-rois.json").read_text())
+    assert sum(g["crops"] for g in report["groups"].values()) > 0
+    folds = pd.read_csv(tmp_path / "data" / "folds.csv")
+    assert folds["study_id"].is_unique and len(folds) == 6
+
+
+@pytest.mark.slow
+def test_rsna_source_reads_a_download_in_place(tmp_path):
+    download = tmp_path / "download"
+    tiny_params(tmp_path)
+    assert run_stage("ingest.py", tmp_path).returncode == 0
+    shutil.move(tmp_path / "data" / "raw", download)
+    before = digest(download)
+    tiny_params(tmp_path, source="rsna", root=str(download))
+    proc = run_stage("ingest.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "data" / "ingest" / "source.json").read_text()) == {
+        "source": "rsna",
+        "images_root": str(download),
+    }
+    assert [p.name for p in (tmp_path / "data" / "raw").iterdir()] == ["SOURCE.txt"]
+    assert run_stage("convert_dicom.py", tmp_path).returncode == 0
+    assert digest(download) == before  # read in place, untouched
+
+
+def test_bad_params_exit_with_one_clear_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  source: kaggle\n")
+    proc = run_stage("ingest.py", tmp_path)
+    assert proc.returncode == 1
+    assert "data.source: expected one of" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_stage_help_describes_it():
+    proc = run_stage("convert_dicom.py", REPO, "--help")
+    assert proc.returncode == 0 and "--workers" not in proc.stdout
+    assert "geometry" in proc.stdout and "--params" in proc.stdout
+
+
+def _imports(path: Path, seen: set[str]) -> None:
+    """Add the spinegrade modules ``path`` imports, transitively, as repo-relative paths."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("spinegrade")
+        ):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("spinegrade")]
+        for name in names:
+            rel = "src/" + name.replace(".", "/") + ".py"
+            if (REPO / rel).is_file() and rel not in seen:
+                seen.add(rel)
+                _imports(REPO / rel, seen)
+
+
+def test_dvc_yaml_declares_the_code_and_params_each_stage_reads():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+        code: set[str] = set()
+        _imports(REPO / script, code)
+        code.discard("src/spinegrade/__init__.py")
+        declared = {d for d in stage["deps"] if d.endswith(".py")}
+        assert declared == code | {script}, name
+        text = (REPO / script).read_text()
+        used = set(re.findall(r"load_params\(args\.params\)\.(\w+)", text))
+        used |= set(re.findall(r"\bparams\.(\w+)", text))
+        assert {p.replace("-", "_") for p in stage["params"]} == used, name
+
+
+@pytest.mark.slow
+def test_dvc_repro_twice_from_empty_cache_gives_identical_hashes(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(REPO / "dvc.yaml", work)
+    shutil.copytree(REPO / "stages", work / "stages")
+    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    tiny_params(work)
+    assert dvc(work, "init", "--no-scm", "-q").returncode == 0
+    first = dvc(work, "repro")
+    assert first.returncode == 0, first.stderr + first.stdout
+    lock1 = (work / "dvc.lock").read_text()
+    shutil.rmtree(work / ".dvc" / "cache")
+    for out in ("data", "reports"):
+        shutil.rmtree(work / out)
+    (work / "dvc.lock").unlink()
+    second = dvc(work, "repro")
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert (work / "dvc.lock").read_text() == lock1
+    status = dvc(work, "status")
+    assert "up to date" in status.stdout
+    # Changing a later stage's params re-runs only that stage.
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["split-folds"]["seed"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = dvc(work, "status")
+    assert "split-folds" in dry.stdout and "convert-dicom" not in dry.stdout
