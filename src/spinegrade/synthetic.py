@@ -132,63 +132,71 @@ def _ellipse(a: np.ndarray, b: np.ndarray, ra: float, rb: float) -> np.ndarray:
 
 
 def render(anatomy: Anatomy, points: np.ndarray, weighting: int) -> np.ndarray:
-    """Intensity in [0, 1] of the anatomy at world points (..., 3); weighting 0=T1, 1=T2."""
+    """Intensity in [0, 1] of the anatomy at world points (..., 3); weighting 0=T1, 1=T2.
+
+    Each vertebra and each disc level is painted only on the points within its own band of
+    z, which is exact (no structure reaches past its band) and several times faster.
+    """
     t = {k: v[weighting] for k, v in TISSUE.items()}
-    u = points[..., 0] - anatomy.x0
-    v = points[..., 1] - anatomy.y0
-    w = points[..., 2]
+    flat = points.reshape(-1, 3)
+    u = flat[:, 0] - anatomy.x0
+    v = flat[:, 1] - anatomy.y0
+    w = flat[:, 2]
     img = np.where(_ellipse(u, v + 10.0, 95.0, 80.0), t["soft"], 0.0)
-
     p = anatomy.period
-    disc_z = anatomy.disc_z
-    vert_z = np.concatenate([[disc_z[0] + p / 2], disc_z - p / 2])  # L1 .. S1
     hv = p / 2 - DISC_HALF_MM
-    body = _ellipse(u, v + 26.0, 22.0, 15.0)
+    vert_z = np.concatenate([[anatomy.disc_z[0] + p / 2], anatomy.disc_z - p / 2])  # L1 .. S1
     for z in vert_z:
-        inz = np.abs(w - z) < hv
-        img = np.where(body & inz, t["marrow"], img)
-        pedicle = inz & (np.abs(w - z) < hv - 2) & (np.abs(u) > 9) & (np.abs(u) < 25)
-        img = np.where(pedicle & (v > -12) & (v < 0), t["bone"], img)
-        img = np.where(inz & (np.abs(u) < 14) & (v > 9) & (v < 20), t["bone"], img)
-        img = np.where(inz & (np.abs(u) < 3) & (v >= 20) & (v < 45), t["bone"], img)
+        i = np.flatnonzero(np.abs(w - z) < hv)
+        img[i] = _paint_vertebra(img[i], u[i], v[i], w[i] - z, hv, t)
+    img = np.where(_ellipse(u, v, CANAL_HALF_WIDTH_MM, CANAL_HALF_AP_MM), t["csf"], img)
+    for k, z in enumerate(anatomy.disc_z):
+        i = np.flatnonzero(np.abs(w - z) < p / 2)
+        img[i] = _paint_level(anatomy, k, img[i], u[i], v[i], w[i] - z, t)
+    return img.reshape(points.shape[:-1])
 
+
+def _paint_vertebra(img, u, v, dz, hv, t) -> np.ndarray:
+    """Vertebral body, pedicles and posterior elements, on points with |dz| < hv."""
+    img = np.where(_ellipse(u, v + 26.0, 22.0, 15.0), t["marrow"], img)
+    pedicle = (np.abs(dz) < hv - 2) & (np.abs(u) > 9) & (np.abs(u) < 25)
+    img = np.where(pedicle & (v > -12) & (v < 0), t["bone"], img)
+    img = np.where((np.abs(u) < 14) & (v > 9) & (v < 20), t["bone"], img)
+    return np.where((np.abs(u) < 3) & (v >= 20) & (v < 45), t["bone"], img)
+
+
+def _paint_level(anatomy: Anatomy, k: int, img, u, v, dz, t) -> np.ndarray:
+    """Disc k and the structures it narrows, on points within half a period of the disc."""
     canal = _ellipse(u, v, CANAL_HALF_WIDTH_MM, CANAL_HALF_AP_MM)
-    img = np.where(canal, t["csf"], img)
-    for k, z in enumerate(disc_z):
-        dz = w - z
-        near = np.abs(dz) < p / 2
-        img = np.where(body & (np.abs(dz) < DISC_HALF_MM), t["disc"], img)
-        # Foramina at the level: fat ellipsoid with a nerve root, scaled by severity.
-        for side, sign in ((0, 1.0), (1, -1.0)):
-            s = anatomy.foramen[side, k]
-            fu = u - sign * FORAMEN_U_MM
-            fv = v - FORAMEN_V_MM
-            fz = dz - FORAMEN_DZ_MM
-            zone = near & (np.abs(fu) < 7) & (np.abs(fz) < 9) & (np.abs(fv) < 7)
-            img = np.where(zone, t["soft"], img)
-            img = np.where(
-                (fu / 7) ** 2 + (fv / (5 * s)) ** 2 + (fz / (7 * s)) ** 2 <= 1, t["fat"], img
-            )
-            nerve = fu**2 / 6.0**2 + fv**2 / 1.8**2 + (fz - 3.0 * s) ** 2 / 1.8**2 <= 1
-            img = np.where(nerve, t["nerve"], img)
-        # Subarticular recesses: ligament around a CSF lobe scaled by severity.
-        level_band = np.abs(dz) < 7.0
-        for sign in (1.0, -1.0):
-            ru = u - sign * RECESS_U_MM
-            rv = v - RECESS_V_MM
-            img = np.where(level_band & _ellipse(ru, rv, 6.0, 4.5), t["ligament"], img)
-        img = np.where(level_band & canal, t["csf"], img)
-        for side, sign in ((0, 1.0), (1, -1.0)):
-            s = anatomy.recess[side, k]
-            ru = u - sign * RECESS_U_MM
-            rv = v - RECESS_V_MM
-            img = np.where(level_band & _ellipse(ru, rv, 4.0 * s, 3.2 * s), t["csf"], img)
-        # Central stenosis: the disc bulges into the anterior canal.
-        prof = np.clip(1.0 - (dz / 6.0) ** 2, 0.0, None)
-        front = -CANAL_HALF_AP_MM + anatomy.bulge[k] * prof
-        bulge = (np.abs(u) < CANAL_HALF_WIDTH_MM + 1) & (v > -CANAL_HALF_AP_MM - 4) & (v < front)
-        img = np.where(bulge & (prof > 0), t["disc"], img)
-    return img
+    img = np.where(_ellipse(u, v + 26.0, 22.0, 15.0) & (np.abs(dz) < DISC_HALF_MM), t["disc"], img)
+    # Foramina: fat ellipsoid with a nerve root, scaled by severity.
+    for side, sign in ((0, 1.0), (1, -1.0)):
+        s = anatomy.foramen[side, k]
+        fu = u - sign * FORAMEN_U_MM
+        fv = v - FORAMEN_V_MM
+        fz = dz - FORAMEN_DZ_MM
+        zone = (np.abs(fu) < 7) & (np.abs(fz) < 9) & (np.abs(fv) < 7)
+        img = np.where(zone, t["soft"], img)
+        fat = (fu / 7) ** 2 + (fv / (5 * s)) ** 2 + (fz / (7 * s)) ** 2 <= 1
+        img = np.where(fat, t["fat"], img)
+        nerve = fu**2 / 6.0**2 + fv**2 / 1.8**2 + (fz - 3.0 * s) ** 2 / 1.8**2 <= 1
+        img = np.where(nerve, t["nerve"], img)
+    # Subarticular recesses: ligament around a CSF lobe scaled by severity.
+    band = np.abs(dz) < 7.0
+    for sign in (1.0, -1.0):
+        img = np.where(
+            band & _ellipse(u - sign * RECESS_U_MM, v - RECESS_V_MM, 6.0, 4.5), t["ligament"], img
+        )
+    img = np.where(band & canal, t["csf"], img)
+    for side, sign in ((0, 1.0), (1, -1.0)):
+        s = anatomy.recess[side, k]
+        lobe = _ellipse(u - sign * RECESS_U_MM, v - RECESS_V_MM, 4.0 * s, 3.2 * s)
+        img = np.where(band & lobe, t["csf"], img)
+    # Central stenosis: the disc bulges into the anterior canal.
+    prof = np.clip(1.0 - (dz / 6.0) ** 2, 0.0, None)
+    front = -CANAL_HALF_AP_MM + anatomy.bulge[k] * prof
+    bulge = (np.abs(u) < CANAL_HALF_WIDTH_MM + 1) & (v > -CANAL_HALF_AP_MM - 4) & (v < front)
+    return np.where(bulge & (prof > 0), t["disc"], img)
 
 
 @dataclass(frozen=True)
