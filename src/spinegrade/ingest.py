@@ -91,7 +91,7 @@ def read_csv_checked(path: Path, header: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from exc
     found = tuple(df.columns)
@@ -106,12 +106,22 @@ def read_csv_checked(path: Path, header: tuple[str, ...]) -> pd.DataFrame:
         if not missing and not extra:
             detail.append("columns out of order")
         raise DataError(f"{path}: wrong header ({'; '.join(detail)}); expected {list(header)}")
-    return df
+    # Index rows by their line in the file (the header is line 1), then drop blank lines.
+    df.index = pd.RangeIndex(2, len(df) + 2)
+    blank = (df == "").all(axis=1)
+    return df[~blank]
+
+
+INT64_MAX = 2**63 - 1
 
 
 def _int_id(value: str) -> int | None:
+    """An id as an int64, or None unless ``value`` is plain ASCII digits within int64."""
     value = value.strip()
-    return int(value) if value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number <= INT64_MAX else None
 
 
 def _float(value: str) -> float | None:
@@ -146,8 +156,7 @@ def _read_series_table(root: Path, name: str, split: str, problems: Problems) ->
     path = root / name
     df = read_csv_checked(path, vocab.SERIES_CSV_HEADER)
     out: dict[int, dict] = {}
-    for i, row in enumerate(df.itertuples(index=False)):
-        line = i + 2
+    for line, row in zip(df.index, df.itertuples(index=False), strict=True):
         study, series = _int_id(row.study_id), _int_id(row.series_id)
         if study is None or series is None:
             problems.error(
@@ -194,8 +203,7 @@ def _read_labels(root: Path, problems: Problems) -> dict[int, dict[tuple[str, st
     name = "train.csv"
     df = read_csv_checked(root / name, vocab.TRAIN_CSV_HEADER)
     labels: dict[int, dict[tuple[str, str], int]] = {}
-    for i, row in enumerate(df.itertuples(index=False, name=None)):
-        line = i + 2
+    for line, row in zip(df.index, df.itertuples(index=False, name=None), strict=True):
         study = _int_id(row[0])
         if study is None:
             problems.error(name, line, f"study_id must be an integer, got {row[0]!r}")
@@ -273,8 +281,7 @@ def _read_coordinates(
     name = "train_label_coordinates.csv"
     df = read_csv_checked(root / name, vocab.COORDINATES_CSV_HEADER)
     out: dict[tuple[int, str, str], dict] = {}
-    for i, row in enumerate(df.itertuples(index=False)):
-        line = i + 2
+    for line, row in zip(df.index, df.itertuples(index=False), strict=True):
         study, series_id, inst = (
             _int_id(row.study_id),
             _int_id(row.series_id),
