@@ -76,6 +76,7 @@ TISSUE = {
     "fat": (0.92, 0.55),
     "nerve": (0.22, 0.30),
     "ligament": (0.20, 0.10),
+    "annulus": (0.30, 0.28),  # bulging disc: dark against CSF on T2
 }
 
 DISC_HALF_MM = 4.0
@@ -196,7 +197,7 @@ def _paint_level(anatomy: Anatomy, k: int, img, u, v, dz, t) -> np.ndarray:
     prof = np.clip(1.0 - (dz / 6.0) ** 2, 0.0, None)
     front = -CANAL_HALF_AP_MM + anatomy.bulge[k] * prof
     bulge = (np.abs(u) < CANAL_HALF_WIDTH_MM + 1) & (v > -CANAL_HALF_AP_MM - 4) & (v < front)
-    return np.where(bulge & (prof > 0), t["disc"], img)
+    return np.where(bulge & (prof > 0), t["annulus"], img)
 
 
 @dataclass(frozen=True)
