@@ -4,20 +4,133 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import pandas as pd
+
+from spinegrade import vocab
 from spinegrade.cli import run, setup_logging
+from spinegrade.errors import DataError
+from spinegrade.ingest import read_csv_checked
+
+SCORE_NAME = "rsna score (weighted log loss, lower is better)"
+SCORE_DESCRIPTION = f"""\
+Score predictions against labels with the official RSNA 2024 metric:
+the {SCORE_NAME}.
+
+Prints the score and its four terms: the sample-weighted (1/2/4) log loss of the spinal,
+foraminal and subarticular groups, and the per-study "any severe spinal" binary log loss;
+the score is their mean. Only labelled cells are scored: empty cells in the labels are
+skipped, and prediction rows for them (or for other studies) are ignored.
+
+  --labels       train.csv format: study_id, then the 25 condition x level columns holding
+                 Normal/Mild, Moderate, Severe or empty. Any subset of the studies.
+  --predictions  submission format, header exactly: row_id,normal_mild,moderate,severe
+                 (row_id e.g. 44036939_spinal_canal_stenosis_l1_l2). Values must be finite
+                 and >= 0; rows need not sum to 1 (they are renormalised after clipping).
+
+A labelled cell without a prediction row, duplicate row_ids or bad values are an error:
+one line on stderr naming the file and row_id(s), exit code 1."""
+SCORE_EPILOG = """\
+examples:
+  spinegrade score --labels data/raw/train.csv --predictions oof.csv
+  spinegrade score --labels data/raw/train.csv --predictions oof.csv --json > score.json"""
+
+
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """Read a train.csv-format file: (S, 26) strings, ``study_id`` as int64.
+
+    Raises:
+        DataError: the file is missing, unreadable, has a wrong header or a bad study_id
+            (naming the file and line).
+    """
+    df = read_csv_checked(Path(path), vocab.TRAIN_CSV_HEADER)
+    ok = df["study_id"].str.fullmatch(r"[0-9]{1,18}")
+    if not ok.all():
+        line = ok.index[~ok.to_numpy()][0]
+        raise DataError(
+            f"{path}: line {line}: study_id must be an integer, got {df.at[line, 'study_id']!r}"
+        )
+    return df.assign(study_id=df["study_id"].astype("int64"))
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read a submission file: (M, 4), header exactly ``vocab.SUBMISSION_HEADER``.
+
+    Values stay strings here; :func:`spinegrade.metrics.rsna_score` converts and checks them.
+
+    Raises:
+        DataError: the file is missing, unreadable or has a wrong header (naming the file).
+    """
+    return read_csv_checked(Path(path), vocab.SUBMISSION_HEADER)
+
+
+def score_files(labels: str | Path, predictions: str | Path) -> dict[str, float]:
+    """The rsna score of a predictions file against a labels file (see ``rsna_score``).
+
+    Raises:
+        DataError: bad input; the message starts with the file at fault.
+    """
+    from spinegrade.metrics import rsna_score, solution_from_wide
+
+    try:
+        solution = solution_from_wide(read_labels(labels))
+    except DataError as exc:
+        raise DataError(_prefixed(labels, exc)) from exc
+    if solution.empty:
+        raise DataError(f"{labels}: no labelled cells to score")
+    submission = read_predictions(predictions)
+    try:
+        return rsna_score(solution, submission)
+    except DataError as exc:
+        raise DataError(_prefixed(predictions, exc)) from exc
+
+
+def _prefixed(path: str | Path, exc: Exception) -> str:
+    """The error message, starting with ``path`` unless it already does."""
+    text = str(exc)
+    return text if text.startswith(str(path)) else f"{path}: {text}"
+
+
+def format_score(result: dict[str, float]) -> str:
+    """A small table of the score and its terms, one per line (6 decimals)."""
+    from spinegrade.metrics import TERMS  # sklearn: imported only when scoring
+
+    lines = [SCORE_NAME, f"  {'score':<14}{result['score']:.6f}  (mean of the terms below)"]
+    for term in TERMS:
+        value = f"{result[term]:.6f}" if term in result else "n/a (no labelled rows)"
+        lines.append(f"  {term:<14}{value}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``spinegrade`` command (sub-commands arrive with the model pipeline)."""
+    """The ``spinegrade`` command: ``synthesize`` a dataset, ``score`` predictions."""
     parser = argparse.ArgumentParser(prog="spinegrade", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     gen = sub.add_parser("synthesize", help="write a synthetic RSNA-layout dataset to a directory")
     gen.add_argument("--out", required=True, help="directory to (re)create")
     gen.add_argument("--params", default="params.yaml", help="take ingest.synthetic from here")
     gen.add_argument("--studies", type=int, help="override the number of train studies")
+    score = sub.add_parser(
+        "score",
+        help="score predictions against labels with the official RSNA metric",
+        description=SCORE_DESCRIPTION,
+        epilog=SCORE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    score.add_argument("--labels", required=True, metavar="CSV", help="labels, train.csv format")
+    score.add_argument(
+        "--predictions", required=True, metavar="CSV", help="predictions, submission format"
+    )
+    score.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object {"score", "spinal", "foraminal", "subarticular", '
+        '"any_severe"} instead of the table',
+    )
     args = parser.parse_args(argv)
     setup_logging()
     if args.command is None:
@@ -34,6 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             generate_dataset(cfg, args.out)
 
         return run(body)
+    if args.command == "score":
+
+        def score_body() -> None:
+            result = score_files(args.labels, args.predictions)
+            print(json.dumps(result) if args.json else format_score(result))
+
+        return run(score_body)
     return 2
 
 
