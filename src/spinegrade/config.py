@@ -9,7 +9,6 @@ default.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -118,6 +117,81 @@ class FoldsConfig:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How one backbone is trained from scratch (per-backbone settings).
+
+    Attributes:
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``cosine`` (linear warm-up, cosine decay) or ``onecycle``.
+        warmup_epochs: length of the warm-up (fraction of epochs allowed).
+        model_kwargs: extra timm arguments (e.g. ``window_size``, ``ls_init_value``).
+        weights: a local checkpoint to start from (instead of random initialisation).
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = 0.0
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings shared by every (group, backbone) training job."""
+
+    folds: tuple[int, ...] = (0,)
+    epochs: int = 8
+    patience: int = 3
+    batch_size: int = 64
+    loss: Literal["weighted_ce", "focal", "ce"] = "weighted_ce"
+    class_weights: tuple[float, float, float] = (1.0, 2.0, 4.0)
+    focal_gamma: float = 2.0
+    oversample: bool = False
+    augment: bool = True
+    normalize: Literal["crop", "model"] = "crop"
+    pretrained: bool = False
+    seed: int = 42
+    threads: int = 2
+    log_model: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.folds:
+            raise ConfigError("train-per-condition.training.folds must name at least one fold")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ConfigError(
+                "train-per-condition.training: epochs, batch_size and patience must be >= 1"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """train-per-condition: the matrix (groups x backbones), shared settings, recipes."""
+
+    groups: tuple[str, ...] = tuple(GROUPS)
+    backbones: tuple[str, ...] = ("resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224")
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    recipes: Mapping[str, Recipe] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [g for g in self.groups if g not in GROUPS]
+        if unknown:
+            raise ConfigError(f"train-per-condition.groups: unknown group(s) {unknown}")
+
+    def recipe(self, backbone: str) -> Recipe:
+        """The backbone's recipe (defaults when params give none)."""
+        return self.recipes.get(backbone, Recipe())
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Where runs go. MLFLOW_TRACKING_URI overrides the default SQLite store in mlruns/."""
+
+    experiment: str = "spinegrade"
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
 
@@ -126,6 +200,8 @@ class Params:
     convert_dicom: ConvertConfig = field(default_factory=ConvertConfig)
     crop_rois: CropConfig = field(default_factory=CropConfig)
     split_folds: FoldsConfig = field(default_factory=FoldsConfig)
+    train_per_condition: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 def _yaml_key(name: str) -> str:
@@ -133,7 +209,7 @@ def _yaml_key(name: str) -> str:
     return name.replace("_", "-") if name in _HYPHENATED else name
 
 
-_HYPHENATED = {"convert_dicom", "crop_rois", "split_folds"}
+_HYPHENATED = {"convert_dicom", "crop_rois", "split_folds", "train_per_condition"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -161,9 +237,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         vt = args[1] if args else Any
-        return types.MappingProxyType(
-            {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-        )
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")

@@ -1,0 +1,401 @@
+"""Training one (condition group, backbone) on study-level folds, with out-of-fold output.
+
+Crops come in as ``(N, k, S, S) uint8`` (k slices as channels). Per fold: train on the
+other folds' studies, validate on this fold's, stop early on validation loss, keep the best
+epoch, and predict the fold's crops with it (the out-of-fold probabilities).
+The validation loss is the official metric's per-group term: cross-entropy weighted 1/2/4.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score, recall_score
+from torch import nn
+from tqdm import tqdm
+
+from spinegrade import vocab
+from spinegrade.config import Recipe, TrainConfig, TrainingConfig
+from spinegrade.metrics import classification_metrics
+from spinegrade.models import count_parameters, create_backbone, input_normalisation, model_flops
+
+log = logging.getLogger(__name__)
+
+METRIC_WEIGHTS = torch.tensor(vocab.SEVERITY_WEIGHTS, dtype=torch.float32)
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA); deterministic kernels on CPU."""
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)
+
+
+def build_augmentation(seed: int) -> A.Compose:
+    """Small geometric jitter and intensity changes, on (S, S, k) uint8 images."""
+    return A.Compose(
+        [
+            A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-10, 10), p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        ],
+        seed=seed,
+    )
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Crops as standardised float tensors (k, S, S), with labels.
+
+    ``mean``/``std`` None standardise each crop by its own mean and standard deviation;
+    numbers standardise every crop alike (e.g. the model's data config).
+    """
+
+    def __init__(
+        self,
+        crops: np.ndarray,
+        labels: np.ndarray,
+        mean: float | None = None,
+        std: float | None = None,
+        augment: A.Compose | None = None,
+    ) -> None:
+        self.crops = crops
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.mean, self.std = mean, std
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.crops[i]
+        if self.augment is not None:
+            img = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)))["image"]
+            img = img.transpose(2, 0, 1)
+        x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)
+        if self.mean is None:
+            return (x - x.mean()) / (x.std() + 1e-6), self.labels[i]
+        return x.sub_(self.mean).div_(self.std), self.labels[i]
+
+
+def oversample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices where Moderate is repeated up to 1/2 and Severe up to 1/3 of Normal/Mild."""
+    counts = np.bincount(labels, minlength=3)
+    index = [np.arange(len(labels))]
+    for cls, share in ((1, 1 / 2), (2, 1 / 3)):
+        members = np.flatnonzero(labels == cls)
+        extra = int(counts[0] * share) - len(members)
+        if extra > 0 and len(members):
+            index.append(rng.choice(members, size=extra, replace=True))
+    return np.sort(np.concatenate(index))
+
+
+class FocalLoss(nn.Module):
+    """Class-weighted focal loss (gamma = 0 is weighted cross-entropy)."""
+
+    def __init__(self, weight: torch.Tensor, gamma: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        w = self.weight[target]
+        return (-w * (1 - logp.exp()) ** self.gamma * logp).sum() / w.sum()
+
+
+def make_loss(cfg: TrainingConfig) -> nn.Module:
+    """The training loss named by ``cfg.loss``."""
+    weight = torch.tensor(cfg.class_weights, dtype=torch.float32)
+    if cfg.loss == "focal":
+        return FocalLoss(weight, cfg.focal_gamma)
+    if cfg.loss == "weighted_ce":
+        return FocalLoss(weight, 0.0)
+    return FocalLoss(torch.ones(3), 0.0)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: one-cycle, or linear warm-up then cosine decay."""
+    total = max(1, epochs * steps_per_epoch)
+    warm = min(total - 1, int(recipe.warmup_epochs * steps_per_epoch))
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=recipe.lr,
+            total_steps=total,
+            pct_start=max(warm / total, 0.01),
+            anneal_strategy="cos",
+        )
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: CropDataset, batch_size: int) -> np.ndarray:
+    """Softmax probabilities (N, 3) float64 of ``dataset`` in order."""
+    dev = next(model.parameters()).device
+    model.eval()
+    out = []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, _ in loader:
+        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            logits = model(x.to(dev, non_blocking=True))
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros((0, 3))
+
+
+def metric_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+    """The official per-group term: log loss weighted 1/2/4 (probabilities clipped)."""
+    eps = np.finfo(np.float64).eps
+    p = np.clip(proba, eps, 1 - eps)
+    p = p / p.sum(axis=1, keepdims=True)
+    w = np.asarray(vocab.SEVERITY_WEIGHTS)[labels]
+    return float(-(w * np.log(p[np.arange(len(labels)), labels])).sum() / w.sum())
+
+
+@dataclass
+class FoldResult:
+    """What training one fold produced."""
+
+    state_dict: dict
+    oof: np.ndarray  # (n_val, 3) probabilities of the best epoch
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def train_fold(
+    backbone: str,
+    recipe: Recipe,
+    cfg: TrainingConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    desc: str = "train",
+) -> tuple[nn.Module, FoldResult]:
+    """Train one fold from scratch (or ``recipe.weights``); keep the best validation epoch.
+
+    Args:
+        backbone: timm name.
+        recipe: the backbone's optimiser, schedule and model arguments.
+        cfg: shared settings (epochs, patience, loss, oversampling, ...).
+        train, val: (crops (N, k, S, S) uint8, labels (N,) int).
+        seed: seed for weights, batches and augmentation (seed + fold by convention).
+        on_epoch: called with (epoch, metrics) after each epoch (e.g. to log to MLflow).
+
+    Returns:
+        (model with the best weights loaded, FoldResult).
+    """
+    start = time.perf_counter()
+    seed_everything(seed)
+    dev = device()
+    k, size = train[0].shape[1], train[0].shape[2]
+    model = create_backbone(
+        backbone, k, size, recipe.model_kwargs, cfg.pretrained, recipe.weights or None
+    ).to(dev)
+    mean, std = input_normalisation(model) if cfg.normalize == "model" else (None, None)
+    rng = np.random.default_rng(seed)
+    idx = oversample(train[1], rng) if cfg.oversample else np.arange(len(train[1]))
+    train_ds = CropDataset(
+        train[0][idx], train[1][idx], mean, std, build_augmentation(seed) if cfg.augment else None
+    )
+    val_ds = CropDataset(val[0], val[1], mean, std)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(train_ds) > cfg.batch_size,
+        generator=generator,
+    )
+    criterion = make_loss(cfg).to(dev)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
+    scheduler = make_scheduler(optimizer, recipe, cfg.epochs, len(loader))
+    scaler = torch.amp.GradScaler(enabled=dev.type == "cuda")
+
+    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
+    history: list[dict] = []
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
+    for epoch in bar:
+        model.train()
+        total, n = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+                loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += loss.item() * len(y)
+            n += len(y)
+        proba = predict(model, val_ds, cfg.batch_size * 2)
+        pred = proba.argmax(axis=1)
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(n, 1),
+            "val_loss": metric_loss(proba, val[1]),
+            "val_macro_recall": float(
+                recall_score(val[1], pred, labels=[0, 1, 2], average="macro", zero_division=0)
+            ),
+            "val_macro_f1": float(
+                f1_score(val[1], pred, labels=[0, 1, 2], average="macro", zero_division=0)
+            ),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+        }
+        history.append(row)
+        if on_epoch:
+            on_epoch(epoch, row)
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.3f}",
+            val=f"{row['val_loss']:.3f}",
+            recall=f"{row['val_macro_recall']:.2f}",
+        )
+        if row["val_loss"] < best[0]:
+            best = (row["val_loss"], epoch, copy.deepcopy(model.state_dict()))
+        elif epoch - best[1] >= cfg.patience:
+            log.info("%s: early stop at epoch %d (best %d)", desc, epoch, best[1])
+            break
+    model.load_state_dict(best[2])
+    oof = predict(model, val_ds, cfg.batch_size * 2)
+    result = FoldResult(
+        {k: v.cpu() for k, v in best[2].items()}, oof, history, best[1], time.perf_counter() - start
+    )
+    return model, result
+
+
+@dataclass
+class GroupResult:
+    """Everything one (group, backbone) job writes."""
+
+    oof: pd.DataFrame  # index columns + fold + normal_mild, moderate, severe
+    history: pd.DataFrame  # one row per (fold, epoch)
+    metrics: dict  # per fold and overall, plus GFLOPs and parameters
+    states: dict[int, dict]  # fold -> best state dict
+
+
+class FoldHooks:
+    """Callbacks around each fold (MLflow logging implements them); no-ops by default."""
+
+    def start(self, fold: int) -> None: ...
+
+    def epoch(self, fold: int, epoch: int, row: dict) -> None: ...
+
+    def end(self, fold: int, model: nn.Module, metrics: dict, confusion: list) -> None: ...
+
+
+def train_group_backbone(
+    crops: np.ndarray,
+    index: pd.DataFrame,
+    folds: pd.DataFrame,
+    group: str,
+    backbone: str,
+    cfg: TrainConfig,
+    hooks: FoldHooks | None = None,
+) -> GroupResult:
+    """Train ``backbone`` on ``group``'s crops for each configured fold; gather OOF output.
+
+    Args:
+        crops: (N, k, S, S) uint8 crops of the group; index: their table (study_id, label...).
+        folds: (study_id, fold) for every study.
+        cfg: train-per-condition params (training settings and recipes).
+        hooks: per-fold callbacks (e.g. MLflow logging).
+
+    Returns:
+        GroupResult whose ``oof`` holds the out-of-fold probabilities of every crop in the
+        trained folds, from the best epoch of the model that did not see it.
+    """
+    hooks = hooks or FoldHooks()
+    recipe = cfg.recipe(backbone)
+    fold_of = index["study_id"].map(folds.set_index("study_id")["fold"])
+    if fold_of.isna().any():
+        missing = index.loc[fold_of.isna(), "study_id"].unique()[:5].tolist()
+        raise ValueError(f"{group}: studies without a fold in folds.csv, e.g. {missing}")
+    labels = index["label"].to_numpy()
+    oof_parts, history, per_fold, states = [], [], {}, {}
+    k, size = crops.shape[1], crops.shape[2]
+    model_cost = create_backbone(backbone, k, size, recipe.model_kwargs)
+    gflops, n_params = model_flops(model_cost, size, k), count_parameters(model_cost)
+    del model_cost
+    for fold in cfg.training.folds:
+        val = (fold_of == fold).to_numpy()
+        if not val.any():
+            raise ValueError(
+                f"{group}: fold {fold} has no crops (folds: {sorted(fold_of.unique())})"
+            )
+        hooks.start(fold)
+        model, res = train_fold(
+            backbone,
+            recipe,
+            cfg.training,
+            (crops[~val], labels[~val]),
+            (crops[val], labels[val]),
+            seed=cfg.training.seed + fold,
+            on_epoch=lambda e, row, f=fold: hooks.epoch(f, e, row),
+            desc=f"{group}-{backbone}-fold{fold}",
+        )
+        m = classification_metrics(labels[val], res.oof)
+        summary = {
+            "best_epoch": res.best_epoch,
+            "epochs_run": len(res.history),
+            "seconds": round(res.seconds, 1),
+            "val_loss": metric_loss(res.oof, labels[val]),
+            "accuracy": m["accuracy"],
+            "macro_recall": m["macro_recall"],
+            "macro_precision": m["macro_precision"],
+            "macro_f1": m["macro_f1"],
+            "n_train": int((~val).sum()),
+            "n_val": int(val.sum()),
+        }
+        per_fold[f"fold{fold}"] = summary
+        hooks.end(fold, model, {**summary, "gflops": gflops, "params": n_params}, m["confusion"])
+        states[fold] = res.state_dict
+        part = index.loc[val, OOF_KEYS].copy()
+        part["fold"] = fold
+        part[list(vocab.SEVERITY_COLUMNS)] = res.oof
+        oof_parts.append(part)
+        history += [{"fold": fold, **row} for row in res.history]
+    oof = pd.concat(oof_parts, ignore_index=True)
+    overall = classification_metrics(
+        oof["label"].to_numpy(), oof[list(vocab.SEVERITY_COLUMNS)].to_numpy()
+    )
+    metrics = {
+        "group": group,
+        "backbone": backbone,
+        "gflops": gflops,
+        "params": n_params,
+        "in_chans": k,
+        "image_size": size,
+        "folds": per_fold,
+        "oof": {
+            key: overall[key] for key in ("accuracy", "macro_recall", "macro_precision", "macro_f1")
+        },
+    }
+    return GroupResult(oof, pd.DataFrame(history), metrics, states)
+
+
+OOF_KEYS = ["study_id", "condition", "level", "side", "label"]

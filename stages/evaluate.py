@@ -1,0 +1,76 @@
+"""DVC stage evaluate: out-of-fold predictions -> metrics and the official rsna score.
+
+Reads only the training stage's oof.csv files (plus labels and folds). Writes --report
+(per group and backbone: accuracy, macro and per-class recall/precision/F1, confusion
+matrix; per backbone: rsna score and its four terms; the class-prior baseline), confusion
+tables for DVC plots, and each backbone's 25-row-per-study OOF submission under --out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from spinegrade import tracking
+from spinegrade.cli import run, setup_logging, stage_parser
+from spinegrade.config import load_params
+from spinegrade.evaluate import evaluate
+from spinegrade.io import atomic_dir, write_csv, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--models", default="models", help="training outputs: {group}/{backbone}/")
+    parser.add_argument("--labels", default="data/ingest/labels.csv", help="ingest's label table")
+    parser.add_argument("--folds", default="data/folds.csv", help="split-folds output")
+    parser.add_argument("--crops", default="data/crops", help="crops (for run provenance only)")
+    parser.add_argument("--out", default="data/evaluate", help="submissions directory")
+    parser.add_argument("--plots", default="reports/confusion", help="confusion tables (DVC plots)")
+    parser.add_argument("--report", default="reports/evaluate.json", help="report (DVC metric)")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        params = load_params(args.params)
+        cfg = params.train_per_condition
+        oof = {
+            (g, b): pd.read_csv(Path(args.models) / g / b / "oof.csv")
+            for g in cfg.groups
+            for b in cfg.backbones
+        }
+        result = evaluate(
+            pd.read_csv(args.labels),
+            pd.read_csv(args.folds),
+            oof,
+            list(cfg.groups),
+            list(cfg.backbones),
+        )
+        with atomic_dir(args.out) as tmp:
+            for backbone, sub in result.submissions.items():
+                write_csv(tmp / f"oof_submission_{backbone}.csv", sub)
+        with atomic_dir(args.plots) as tmp:
+            for (group, backbone), table in result.confusions.items():
+                write_csv(tmp / f"{group}-{backbone}.csv", table)
+        write_json(args.report, result.report)
+
+        experiment, parent, tags = tracking.pipeline_run(
+            params.mlflow.experiment, dataclasses.asdict(cfg), [args.crops, args.folds]
+        )
+        with mlflow.start_run(
+            experiment_id=experiment,
+            run_name="evaluate",
+            parent_run_id=parent,
+            tags={**tags, "spinegrade.role": "evaluate"},
+        ):
+            mlflow.log_metrics(tracking.numeric(result.report))
+            mlflow.log_artifact(args.report)
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

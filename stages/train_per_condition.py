@@ -1,0 +1,77 @@
+"""DVC stage train-per-condition: train one backbone on one condition group.
+
+One job of the dvc.yaml matrix (group x backbone). For each configured fold: train on the
+other folds' studies, keep the best epoch, predict the fold (out-of-fold probabilities),
+and log the fold as MLflow run {group}-{backbone}-fold{k} under the pipeline's parent run.
+Writes to --out: oof.csv, history.csv, metrics.json and fold{k}.pt (best weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spinegrade import tracking
+from spinegrade.cli import run, setup_logging, stage_parser
+from spinegrade.config import load_params
+from spinegrade.io import atomic_dir, atomic_path, write_csv, write_json
+from spinegrade.mlflow_hooks import MlflowFoldHooks
+from spinegrade.train import train_group_backbone
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--group", required=True, help="spinal | foraminal | subarticular")
+    parser.add_argument("--backbone", required=True, help="timm model name")
+    parser.add_argument("--crops", default="data/crops", help="crop-rois output directory")
+    parser.add_argument("--folds", default="data/folds.csv", help="split-folds output")
+    parser.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        params = load_params(args.params)
+        cfg = params.train_per_condition
+        if cfg.training.threads > 0:
+            torch.set_num_threads(cfg.training.threads)
+        crops = np.load(Path(args.crops) / f"{args.group}.npy")
+        index = pd.read_csv(Path(args.crops) / f"{args.group}.csv")
+        folds = pd.read_csv(args.folds)
+
+        experiment, parent, tags = tracking.pipeline_run(
+            params.mlflow.experiment, dataclasses.asdict(cfg), [args.crops, args.folds]
+        )
+        recipe = cfg.recipe(args.backbone)
+        hooks = MlflowFoldHooks(
+            experiment,
+            parent,
+            args.group,
+            args.backbone,
+            params={
+                "training": dataclasses.asdict(cfg.training),
+                "recipe": dataclasses.asdict(recipe) | {"model_kwargs": dict(recipe.model_kwargs)},
+                "crops": {"in_chans": crops.shape[1], "size_px": crops.shape[2]},
+            },
+            tags=tags,
+            log_model=cfg.training.log_model,
+            example_shape=(2, *crops.shape[1:]),
+        )
+        result = train_group_backbone(crops, index, folds, args.group, args.backbone, cfg, hooks)
+        with atomic_dir(args.out) as tmp:
+            write_csv(tmp / "oof.csv", result.oof)
+            write_csv(tmp / "history.csv", result.history)
+            write_json(tmp / "metrics.json", result.metrics)
+            for fold, state in result.states.items():
+                with atomic_path(tmp / f"fold{fold}.pt") as pt:
+                    torch.save(state, pt)
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The backbone factory and its cost: timm names from params, FLOPs via flop_counter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spinegrade.config import load_params
+from spinegrade.errors import ConfigError
+from spinegrade.models import count_flops, count_parameters, create_backbone, model_flops
+
+
+def test_flops_of_a_linear_layer_count_a_multiply_add_as_two():
+    layer = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 10, bias=False))
+    assert model_flops(layer, image_size=4, in_chans=2) == pytest.approx(2 * 32 * 10 / 1e9)
+
+
+def test_count_flops_follows_input_size_and_channels():
+    small = count_flops("resnet18", 32, 3)
+    big = count_flops("resnet18", 64, 3)
+    assert big == pytest.approx(4 * small, rel=0.05)  # convolutions scale with area
+    more_slices = count_flops("resnet18", 32, 7)
+    stem_extra = 2 * (7 - 3) * 64 * 7 * 7 * 16 * 16 / 1e9  # 7x7 stem, stride 2 -> 16x16
+    assert more_slices - small == pytest.approx(stem_extra, rel=1e-6)
+
+
+@pytest.mark.parametrize("backbone", load_params("params.yaml").train_per_condition.backbones)
+def test_default_backbones_work_at_the_configured_crop_size(backbone):
+    params = load_params("params.yaml")
+    recipe = params.train_per_condition.recipe(backbone)
+    size, k = params.crop_rois.size_px, params.crop_rois.slices
+    model = create_backbone(backbone, k, size, recipe.model_kwargs)
+    out = model(torch.zeros(2, k, size, size))
+    assert out.shape == (2, 3)
+    assert count_parameters(model) > 1e6
+    assert 0 < model_flops(model, size, k) < 5
+
+
+@pytest.mark.parametrize("name", ["densenet121", "tf_efficientnetv2_s", "mobilenetv2_100"])
+def test_seed_papers_backbones_work_by_name(name):
+    model = create_backbone(name, 3, 48)
+    assert model(torch.zeros(2, 3, 48, 48)).shape == (2, 3)
+
+
+def test_unknown_backbone_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown timm backbone 'resnet5O'"):
+        create_backbone("resnet5O", 3, 48)
+
+
+def test_pretrained_without_network_fails_clearly(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="pretrained: false"):
+        create_backbone("resnet18", 3, 48, pretrained=True)
+
+
+def test_local_weights_file(tmp_path):
+    source = create_backbone("resnet18", 3, 32)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    loaded = create_backbone("resnet18", 3, 32, weights=str(tmp_path / "w.pt"))
+    for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="weights file .* not found"):
+        create_backbone("resnet18", 3, 32, weights=str(tmp_path / "nope.pt"))

@@ -1,0 +1,156 @@
+"""The whole pipeline, shrunken: all seven stages through `dvc repro`, MLflow in a temp dir.
+
+Tiny synthetic data, one epoch, the default backbones at the configured crop size. Checks
+what a researcher relies on: every output, one parent MLflow run with a nested run per
+(group, backbone, fold) carrying params, per-epoch metrics, provenance, the confusion
+matrix and the model, and that a training param change re-runs only training onwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from spinegrade import vocab
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_STAGES = ("ingest", "convert-dicom", "crop-rois", "split-folds")
+
+
+def _dvc(work: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("pipeline")
+    shutil.copy(REPO / "dvc.yaml", work)
+    shutil.copytree(REPO / "stages", work / "stages")
+    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"]["synthetic"].update(
+        n_train_studies=9, n_test_studies=1, workers=1, sagittal_sizes=[112], axial_sizes=[96]
+    )
+    params["convert-dicom"]["workers"] = 1
+    params["split-folds"]["n_folds"] = 3
+    params["train-per-condition"]["training"].update(epochs=1, batch_size=16)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
+    proc = _dvc(work, "repro")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work
+
+
+def _params(work: Path) -> dict:
+    return yaml.safe_load((work / "params.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_every_stage_output_exists(pipeline):
+    p = _params(pipeline)["train-per-condition"]
+    for g in p["groups"]:
+        for b in p["backbones"]:
+            out = pipeline / "models" / g / b
+            assert {"oof.csv", "history.csv", "metrics.json", "fold0.pt"} <= {
+                f.name for f in out.iterdir()
+            }
+            oof = pd.read_csv(out / "oof.csv")
+            assert (oof["fold"] == 0).all()
+            assert oof[list(vocab.SEVERITY_COLUMNS)].sum(axis=1).round(6).eq(1).all()
+    for b in p["backbones"]:
+        sub = pd.read_csv(pipeline / "data" / "evaluate" / f"oof_submission_{b}.csv")
+        assert list(sub.columns) == list(vocab.SUBMISSION_HEADER)
+        assert len(sub) % 25 == 0 and sub["row_id"].is_unique
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_official_score_and_metrics(pipeline):
+    report = json.loads((pipeline / "reports" / "evaluate.json").read_text())
+    p = _params(pipeline)["train-per-condition"]
+    assert set(report["backbones"]) == set(p["backbones"])
+    for entry in report["backbones"].values():
+        assert set(entry["rsna"]) == {"score", "spinal", "foraminal", "subarticular", "any_severe"}
+        assert entry["rsna"]["score"] == pytest.approx(
+            sum(entry["rsna"][t] for t in ("spinal", "foraminal", "subarticular", "any_severe")) / 4
+        )
+        for g in p["groups"]:
+            m = entry["groups"][g]
+            assert {"accuracy", "macro_recall", "macro_f1", "per_class", "confusion"} <= set(m)
+    assert "score" in report["class_prior_baseline"]
+    confusions = list((pipeline / "reports" / "confusion").glob("*.csv"))
+    assert len(confusions) == len(p["groups"]) * len(p["backbones"])
+
+
+@pytest.mark.slow
+def test_comparison_table(pipeline):
+    table = pd.read_csv(pipeline / "reports" / "compare-backbones.csv")
+    p = _params(pipeline)["train-per-condition"]
+    assert len(table) == len(p["groups"]) * len(p["backbones"])
+    assert (table["gflops"] > 0).all()
+    pd.testing.assert_series_equal(
+        table["recall_per_gflop"], table["macro_recall"] / table["gflops"], check_names=False
+    )
+    md = (pipeline / "reports" / "compare-backbones.md").read_text()
+    assert "GFLOPs" in md and "multiply-add = 2" in md
+    assert (pipeline / "reports" / "compare-backbones.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_mlflow_runs_nested_under_one_parent(pipeline):
+    client = MlflowClient(f"sqlite:///{pipeline / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(_params(pipeline)["mlflow"]["experiment"])
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("spinegrade.role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+    p = _params(pipeline)["train-per-condition"]
+    expected = {f"{g}-{b}-fold0" for g in p["groups"] for b in p["backbones"]}
+    assert expected | {"evaluate", "compare-backbones"} == set(children)
+    run = children[f"spinal-{p['backbones'][0]}-fold0"]
+    assert run.data.params["training.loss"] == "weighted_ce"
+    assert "recipe.lr" in run.data.params
+    assert {"final_gflops", "final_params", "final_macro_recall", "val_loss"} <= set(
+        run.data.metrics
+    )
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 1  # one epoch
+    assert run.data.tags["git_commit"]
+    assert run.data.tags["dvc.data/crops"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "confusion_matrix.png" in artifacts
+    assert client.search_logged_models(
+        [exp.experiment_id], filter_string=(f"source_run_id = '{run.info.run_id}'")
+    ), "model not logged"
+    compare = {a.path for a in client.list_artifacts(children["compare-backbones"].info.run_id)}
+    assert {"compare-backbones.csv", "compare-backbones.md", "compare-backbones.png"} <= compare
+
+
+@pytest.mark.slow
+def test_training_param_change_reruns_only_training_onwards(pipeline):
+    status = _dvc(pipeline, "status")
+    assert "up to date" in status.stdout, status.stdout
+    params = _params(pipeline)
+    params["train-per-condition"]["training"]["epochs"] = 2
+    (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _dvc(pipeline, "status").stdout
+    assert "train-per-condition@" in status
+    for stage in DATA_STAGES:
+        assert f"{stage}:" not in status, status

@@ -1,0 +1,134 @@
+"""Training pieces: imbalance handling, losses, schedules, and a tiny deterministic fold."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spinegrade.config import Recipe, TrainConfig, TrainingConfig
+from spinegrade.metrics import rsna_score
+from spinegrade.train import (
+    FocalLoss,
+    make_loss,
+    make_scheduler,
+    metric_loss,
+    oversample,
+    train_fold,
+    train_group_backbone,
+)
+
+
+def test_oversampling_targets():
+    labels = np.array([0] * 60 + [1] * 10 + [2] * 5)
+    idx = oversample(labels, np.random.default_rng(0))
+    counts = np.bincount(labels[idx], minlength=3)
+    assert counts.tolist() == [60, 30, 20]  # Moderate to 1/2, Severe to 1/3 of Normal/Mild
+    assert set(idx[labels[idx] == 0]) == set(range(60))  # majority untouched
+    plenty = np.array([0] * 10 + [1] * 8 + [2] * 6)
+    assert len(oversample(plenty, np.random.default_rng(0))) == len(plenty)
+
+
+def test_weighted_ce_is_the_official_group_term():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 0.0, 3.0]])
+    target = torch.tensor([0, 1, 2])
+    loss = make_loss(TrainingConfig(loss="weighted_ce"))(logits, target)
+    expected = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 4.0]))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    proba = torch.softmax(logits, 1).double().numpy()
+    assert metric_loss(proba, target.numpy()) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_metric_loss_matches_rsna_score_group_term():
+    proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    labels = np.array([0, 1, 2])
+    solution = pd.DataFrame(
+        {
+            "row_id": [f"1_spinal_canal_stenosis_l{i}_l{i + 1}" for i in range(1, 4)],
+            "study_id": 1,
+            "condition": "spinal_canal_stenosis",
+            "level": ["l1_l2", "l2_l3", "l3_l4"],
+            "group": "spinal",
+            "target": labels,
+            "weight": [1.0, 2.0, 4.0],
+        }
+    )
+    sub = pd.DataFrame(proba, columns=["normal_mild", "moderate", "severe"])
+    sub.insert(0, "row_id", solution["row_id"])
+    assert metric_loss(proba, labels) == pytest.approx(rsna_score(solution, sub)["spinal"])
+
+
+def test_focal_loss_down_weights_easy_examples():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.1]])
+    target = torch.tensor([0, 0])
+    ce = FocalLoss(torch.ones(3), 0.0)(logits, target)
+    focal = FocalLoss(torch.ones(3), 2.0)(logits, target)
+    assert float(focal) < float(ce)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedules_warm_up_and_decay(schedule):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    recipe = Recipe(lr=1e-3, schedule=schedule, warmup_epochs=1.0)
+    sched = make_scheduler(opt, recipe, epochs=4, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = int(np.argmax(lrs))
+    assert 5 <= peak <= 12  # after about one epoch of warm-up
+    assert lrs[0] < lrs[peak] and lrs[-1] < 0.1 * lrs[peak]
+
+
+def _toy_crops(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, 16, 16) crops whose central brightness encodes the class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=n, p=[0.6, 0.25, 0.15])
+    crops = rng.integers(0, 60, size=(n, 3, 16, 16)).astype(np.uint8)
+    for i, y in enumerate(labels):
+        crops[i, :, 5:11, 5:11] += np.uint8(60 * (y + 1))
+    return crops, labels
+
+
+def test_train_fold_is_deterministic_and_returns_the_best_epoch():
+    train, val = _toy_crops(96, 0), _toy_crops(48, 1)
+    cfg = TrainingConfig(epochs=2, batch_size=16, patience=2, augment=True)
+    runs = [train_fold("resnet18", Recipe(lr=1e-3), cfg, train, val, seed=3) for _ in range(2)]
+    (_, a), (_, b) = runs
+    np.testing.assert_array_equal(a.oof, b.oof)
+    assert a.oof.shape == (48, 3)
+    np.testing.assert_allclose(a.oof.sum(axis=1), 1.0, rtol=1e-6)
+    best = min(a.history, key=lambda h: h["val_loss"])
+    assert a.best_epoch == best["epoch"]
+    assert metric_loss(a.oof, val[1]) == pytest.approx(best["val_loss"], rel=1e-6)
+
+
+def test_train_group_backbone_out_of_fold_rows():
+    crops, labels = _toy_crops(120, 2)
+    index = pd.DataFrame(
+        {
+            "study_id": np.repeat(np.arange(24), 5),
+            "condition": "spinal_canal_stenosis",
+            "level": np.tile(["l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1"], 24),
+            "side": "",
+            "label": labels,
+        }
+    )
+    folds = pd.DataFrame({"study_id": np.arange(24), "fold": np.arange(24) % 3})
+    cfg = TrainConfig(
+        training=dataclasses.replace(TrainingConfig(), folds=(0, 2), epochs=1, batch_size=16)
+    )
+    result = train_group_backbone(crops, index, folds, "spinal", "resnet18", cfg)
+    assert sorted(result.oof["fold"].unique()) == [0, 2]
+    fold_of = folds.set_index("study_id")["fold"]
+    assert (result.oof["study_id"].map(fold_of) == result.oof["fold"]).all()  # never seen
+    assert len(result.oof) == int((index["study_id"].map(fold_of) != 1).sum())
+    assert set(result.metrics["folds"]) == {"fold0", "fold2"}
+    assert result.metrics["gflops"] > 0 and result.metrics["params"] > 1e6
+    assert set(result.states) == {0, 2}
