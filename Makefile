@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv repro test lint bench clean-venv
+.PHONY: venv repro test lint bench ui clean-venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_convert.py
+
+# The MLflow UI on the workspace's store; prints the link to the runs table (Ctrl-C stops it).
+ui: $(STAMP)
+	$(BIN)/python -m spinegrade.ui
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,325 @@
+"""spinegrade.tracking: where the store is, creating it once under parallel runs, parent runs,
+provenance hashes, and the design contract that `dvc exp run --temp` logs into the workspace.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
+
+from spinegrade import tracking
+
+N_PARALLEL = 4
+
+
+@pytest.fixture
+def no_tracking_env(monkeypatch):
+    """No MLFLOW_TRACKING_URI, and undo what mlflow.set_tracking_uri (called by setup) sets:
+    it stores the URI in a module global *and* in os.environ."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")  # so teardown restores the original
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
+
+
+def store_uri(ws: Path) -> str:
+    return f"sqlite:///{ws.resolve() / 'mlruns' / 'mlflow.db'}"
+
+
+# --- where the store is ------------------------------------------------------------------
+
+
+def test_workspace_root_from_inside_a_dvc_exp_copy(tmp_path):
+    ws = tmp_path / "ws"
+    for inner in (
+        ws / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "sub",
+        ws / ".dvc" / "tmp" / "exps" / "standalone" / "tmp3v8_mkg_",  # DVC 3's --temp layout
+    ):
+        inner.mkdir(parents=True)
+        assert tracking.workspace_root(inner) == ws.resolve()
+
+
+def test_workspace_root_elsewhere_is_the_path_itself(tmp_path, monkeypatch):
+    (tmp_path / "a" / ".dvc" / "tmp").mkdir(parents=True)
+    assert tracking.workspace_root(tmp_path / "a") == (tmp_path / "a").resolve()
+    assert (
+        tracking.workspace_root(tmp_path / "a" / ".dvc" / "tmp")
+        == (tmp_path / "a" / ".dvc" / "tmp").resolve()
+    )
+    monkeypatch.chdir(tmp_path / "a")
+    assert tracking.workspace_root() == (tmp_path / "a").resolve()
+
+
+def test_tracking_uri_respects_mlflow_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+
+
+def test_tracking_uri_default_is_absolute_sqlite_in_the_workspace(
+    tmp_path, monkeypatch, no_tracking_env
+):
+    ws = tmp_path / "ws"
+    exp_copy = ws / ".dvc" / "tmp" / "exps" / "tmpxyz"
+    exp_copy.mkdir(parents=True)
+    assert tracking.tracking_uri(ws) == store_uri(ws)
+    assert tracking.tracking_uri(exp_copy) == store_uri(ws)
+    monkeypatch.chdir(exp_copy)  # the default root is the cwd
+    uri = tracking.tracking_uri()
+    assert uri == store_uri(ws)
+    assert Path(uri.removeprefix("sqlite:///")).is_absolute()
+
+
+# --- creating the store and runs ---------------------------------------------------------
+
+
+def _parallel_worker(root: str, barrier, results) -> None:
+    """One 'stage': setup() and parent_run() at the same moment as the other workers."""
+    try:
+        barrier.wait(timeout=120)
+        exp = tracking.setup("exp", root)
+        barrier.wait(timeout=120)
+        parent = tracking.parent_run(exp, "key-1", "pipeline-key-1")
+        results.put(("ok", exp, parent))
+    except BaseException:
+        results.put(("error", traceback.format_exc(), ""))
+
+
+def test_setup_and_parent_run_from_parallel_processes_on_a_fresh_store(tmp_path, no_tracking_env):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    ctx = multiprocessing.get_context("fork")  # separate processes, like parallel DVC stages
+    barrier, results = ctx.Barrier(N_PARALLEL), ctx.Queue()
+    procs = [
+        ctx.Process(target=_parallel_worker, args=(str(ws), barrier, results))
+        for _ in range(N_PARALLEL)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        out = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    errors = [o[1] for o in out if o[0] != "ok"]
+    assert not errors, "\n".join(errors)
+    assert [p.exitcode for p in procs] == [0] * N_PARALLEL
+    assert len({o[1] for o in out}) == 1, f"several experiment ids: {out}"
+    assert len({o[2] for o in out}) == 1, f"several parent runs: {out}"
+
+    assert sorted(p.name for p in (ws / "mlruns").iterdir()) == [".lock", "mlflow.db"]
+    client = MlflowClient(store_uri(ws))
+    names = [e.name for e in client.search_experiments()]
+    assert sorted(names) == ["Default", "exp"]
+    parents = client.search_runs(
+        [out[0][1]], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'parent'"
+    )
+    assert [r.info.run_id for r in parents] == [out[0][2]]
+
+
+def test_setup_is_idempotent_and_puts_artifacts_under_mlruns(tmp_path, no_tracking_env):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    exp = tracking.setup("exp", ws)
+    assert tracking.setup("exp", ws) == exp
+    assert mlflow.get_tracking_uri() == store_uri(ws)
+    location = MlflowClient(store_uri(ws)).get_experiment(exp).artifact_location
+    assert location == (ws.resolve() / "mlruns" / "artifacts").as_uri()
+
+
+def test_parent_run_is_one_per_key(tmp_path, no_tracking_env):
+    exp = tracking.setup("exp", tmp_path)
+    a = tracking.parent_run(exp, "key-a", "pipeline-a")
+    assert tracking.parent_run(exp, "key-a", "pipeline-a") == a
+    b = tracking.parent_run(exp, "key-b", "pipeline-b")
+    assert b != a
+    run = MlflowClient(store_uri(tmp_path)).get_run(a)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.PIPELINE_TAG] == "key-a"
+    assert run.data.tags[tracking.ROLE_TAG] == "parent"
+    assert run.info.run_name == "pipeline-a"
+
+
+def test_setup_does_not_pin_the_store_for_other_workspaces(tmp_path, no_tracking_env):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    tracking.setup("exp", a)
+    assert tracking.tracking_uri(b) == store_uri(b)
+    tracking.setup("exp", b)
+    assert (b / "mlruns" / "mlflow.db").is_file()
+
+
+# --- provenance ---------------------------------------------------------------------------
+
+
+def test_flatten():
+    nested = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x", "f": {}}
+    assert tracking.flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+    assert tracking.flatten({"k": 1}, prefix="p.") == {"p.k": 1}
+    assert tracking.flatten({}) == {}
+
+
+def test_pipeline_key_is_short_stable_and_order_sensitive():
+    key = tracking.pipeline_key("commit", "md5", "params")
+    assert key == tracking.pipeline_key("commit", "md5", "params")
+    assert len(key) == 16
+    assert key != tracking.pipeline_key("commit", "params", "md5")
+    assert key != tracking.pipeline_key("commit", "md5", "params2")
+
+
+def test_content_hash_follows_file_contents_and_names(tmp_path):
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"one")
+    first = tracking.content_hash(f)
+    assert tracking.content_hash(f) == first
+    f.write_bytes(b"two")
+    assert tracking.content_hash(f) != first
+
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "x.txt").write_text("x")
+    (d / "sub" / "y.txt").write_text("y")
+    base = tracking.content_hash(d)
+    (d / "sub" / "y.txt").write_text("y2")
+    changed = tracking.content_hash(d)
+    assert changed != base
+    (d / "z.txt").write_text("")
+    assert tracking.content_hash(d) != changed
+    (d / "z.txt").rename(d / "w.txt")
+    assert tracking.content_hash(d) not in {base, changed}
+
+    copy = tmp_path / "elsewhere" / "d"
+    (copy / "sub").mkdir(parents=True)
+    for p in d.rglob("*"):
+        if p.is_file():
+            (copy / p.relative_to(d)).write_bytes(p.read_bytes())
+    assert tracking.content_hash(copy) == tracking.content_hash(d)  # location-independent
+
+
+def test_dvc_hashes_reads_dvc_lock_and_falls_back_to_content(tmp_path):
+    (tmp_path / "data" / "crops").mkdir(parents=True)
+    (tmp_path / "data" / "crops" / "a.npy").write_bytes(b"\x00\x01")
+    (tmp_path / "data" / "folds.csv").write_text("study_id,fold\n1,0\n")
+    (tmp_path / "data" / "other.csv").write_text("x\n")
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "crop-rois": {
+                "cmd": "python stages/crop_rois.py",
+                "outs": [{"path": "data/crops", "hash": "md5", "md5": "abc123.dir", "size": 2}],
+            },
+            "split-folds": {
+                "cmd": "python stages/split_folds.py",
+                "outs": [{"path": "data/folds.csv", "hash": "md5", "md5": "def456"}],
+            },
+            "no-md5": {"cmd": "true", "outs": [{"path": "data/other.csv"}]},
+        },
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    got = tracking.dvc_hashes(["data/crops", "data/folds.csv", "data/other.csv"], root=tmp_path)
+    assert got == {
+        "data/crops": "abc123.dir",
+        "data/folds.csv": "def456",
+        "data/other.csv": "sha256:" + tracking.content_hash(tmp_path / "data" / "other.csv"),
+    }
+
+    (tmp_path / "dvc.lock").unlink()
+    got = tracking.dvc_hashes(["data/crops"], root=tmp_path)
+    assert got == {"data/crops": "sha256:" + tracking.content_hash(tmp_path / "data" / "crops")}
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def test_git_commit_marks_dirty_trees_and_unknown_outside_git(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert tracking.git_commit(repo) == "unknown"
+    _git(repo, "init", "-q")
+    (repo / "f.txt").write_text("1")
+    _git(repo, "add", "f.txt")
+    _git(repo, "commit", "-q", "-m", "init")
+    sha = _git(repo, "rev-parse", "HEAD")
+    assert tracking.git_commit(repo) == sha
+    (repo / "untracked.txt").write_text("ignored by the dirty check")
+    assert tracking.git_commit(repo) == sha
+    (repo / "f.txt").write_text("2")
+    assert tracking.git_commit(repo) == sha + "-dirty"
+
+
+# --- the design contract: temporary DVC experiments log into the workspace's store -------
+
+# The stage's code: python -c, one line (a `with` block cannot follow a semicolon).
+LOG_RUN = "; ".join(
+    [
+        "import os, mlflow",
+        "from spinegrade import tracking",
+        "exp = tracking.setup('exp')",
+        "mlflow.start_run(experiment_id=exp, run_name='from-dvc-exp')",
+        "mlflow.set_tag('cwd', os.getcwd())",
+        "mlflow.log_metric('m', 1.0)",
+        "mlflow.log_text('hello', 'note.txt')",
+        "mlflow.end_run()",
+    ]
+)
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
+    ws = (tmp_path / "ws").resolve()
+    ws.mkdir()
+    venv_bin = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    run("git", "init", "-q")
+    run("git", "config", "user.name", "spinegrade-test")
+    run("git", "config", "user.email", "test@example.com")
+    run("git", "config", "commit.gpgsign", "false")
+    run(str(venv_bin / "dvc"), "init", "-q")
+    (ws / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"log": {"cmd": f'python -c "{LOG_RUN}"'}}})
+    )
+    (ws / ".gitignore").write_text("/mlruns/\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "init")
+    run(str(venv_bin / "dvc"), "exp", "run", "--temp")
+
+    client = MlflowClient(store_uri(ws))
+    exp = client.get_experiment_by_name("exp")
+    assert exp is not None, "the temporary experiment's run did not reach the workspace store"
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_name for r in runs] == ["from-dvc-exp"]
+    (run_,) = runs
+    exps_dir = ws / ".dvc" / "tmp" / "exps"
+    assert Path(run_.data.tags["cwd"]).is_relative_to(exps_dir), "did not run in a temp copy"
+    assert run_.data.metrics == {"m": 1.0}
+    artifact = ws / "mlruns" / "artifacts" / run_.info.run_id / "artifacts" / "note.txt"
+    assert artifact.read_text() == "hello"
+    stray = [p for p in ws.rglob("mlflow.db") if p != ws / "mlruns" / "mlflow.db"]
+    assert not stray, f"stores outside the workspace's mlruns/: {stray}"

@@ -1,0 +1,219 @@
+"""spinegrade.ui: the MLflow UI on a workspace's store, its printed link, and a clean stop.
+
+The end-to-end test starts ``python -m spinegrade.ui`` on a free port of 127.0.0.1 against a
+temporary workspace, checks the REST API, the link and an artifact download through the
+server, then sends SIGTERM and asserts that no process of the server's group survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
+
+from spinegrade import tracking, ui
+
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 40.0
+LINK = re.compile(r"(http://127\.0\.0\.1:(\d+)/#/experiments/(\d+)/runs)\s")
+GROUP = re.compile(r"server process group (\d+)")
+
+
+@pytest.fixture
+def no_tracking_env(monkeypatch):
+    """No MLFLOW_TRACKING_URI, and undo what mlflow.set_tracking_uri (called by setup) sets."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")  # so teardown restores the original
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, resp.read()
+
+
+def post_json(url: str, body: dict, timeout: float = 30) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    out = []
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """True once no process (not even a zombie) of group ``pgid`` exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def wait_for_output(proc: subprocess.Popen, log: Path, pattern: re.Pattern, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if m := pattern.search(text):
+            return m
+        assert proc.poll() is None, f"spinegrade.ui exited with {proc.returncode}:\n{text}"
+        time.sleep(0.3)
+    raise AssertionError(f"no {pattern.pattern!r} within {timeout} s:\n{log.read_text()}")
+
+
+def kill_everything(proc: subprocess.Popen, pgid: int | None) -> None:
+    """After a failure: SIGKILL the ui process's group and every group its children lead."""
+    groups = {proc.pid} | ({pgid} if pgid else set())
+    with contextlib.suppress(psutil.Error):
+        groups |= {os.getpgid(c.pid) for c in psutil.Process(proc.pid).children(True)}
+    for g in groups - {os.getpgrp()}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+# --- units ----------------------------------------------------------------------------------
+
+
+def test_runs_url_and_server_command():
+    assert (
+        ui.runs_url("http://127.0.0.1:5000/", "7") == "http://127.0.0.1:5000/#/experiments/7/runs"
+    )
+    cmd = ui.server_command("sqlite:////ws/mlruns/mlflow.db", 5123)
+    assert cmd[1] == "server"
+    assert "--serve-artifacts" in cmd
+    args = {a: b for a, b in zip(cmd, cmd[1:], strict=False) if a.startswith("--")}
+    assert args["--backend-store-uri"] == "sqlite:////ws/mlruns/mlflow.db"
+    assert args["--host"] == "127.0.0.1"
+    assert args["--port"] == "5123"
+    assert args["--default-artifact-root"] == "file:///ws/mlruns/artifacts"
+    assert args["--artifacts-destination"] == "file:///ws/mlruns/artifacts"
+    assert "--default-artifact-root" not in ui.server_command("postgresql://db/mlflow", 5123)
+
+
+def test_experiment_name_from_params(tmp_path):
+    assert ui.experiment_name(tmp_path / "missing.yaml") == "spinegrade"
+    (tmp_path / "p.yaml").write_text("mlflow:\n  experiment: other\n")
+    assert ui.experiment_name(tmp_path / "p.yaml") == "other"
+    (tmp_path / "q.yaml").write_text("data:\n  source: synthetic\n")
+    assert ui.experiment_name(tmp_path / "q.yaml") == "spinegrade"
+
+
+def test_port_in_use_is_reported(tmp_path, monkeypatch, capsys, no_tracking_env):
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert ui.main(["--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use" in err
+    assert not (tmp_path / "mlruns").exists()  # nothing created, nothing started
+
+
+def test_remote_tracking_uri_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert ui.main(["--port", str(free_port())]) == 1
+    assert "tracking server" in capsys.readouterr().err
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tracking_env):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text("mlflow:\n  experiment: ui-test\n")
+    tracking.setup("not-this-one", ws)  # so the experiment's id is not simply the first one
+    exp_id = tracking.setup("ui-test", ws)
+    with mlflow.start_run(experiment_id=exp_id, run_name="ui-run") as run:
+        mlflow.log_metric("recall", 0.5)
+        mlflow.log_text("hello from the ui test", "notes/hello.txt")
+    run_id = run.info.run_id
+
+    port = free_port()
+    log = tmp_path / "ui.log"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "spinegrade.ui", "--port", str(port), "--params", "params.yaml"]
+    pgid, stopped = None, False
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        link, link_port, link_exp = wait_for_output(proc, log, LINK, START_TIMEOUT_S).groups()
+        pgid = int(GROUP.search(log.read_text()).group(1))
+        assert pgid != os.getpgid(proc.pid), "the server must run in its own process group"
+        assert len(group_members(pgid)) > 1, "expected mlflow's worker processes in the group"
+
+        # the link: this port, the experiment from params.yaml, and a page that answers
+        assert int(link_port) == port
+        assert link_exp == exp_id
+        status, page = get(link)  # the fragment stays in the browser; the server sends the app
+        assert status == 200
+        assert b'<div id="root"' in page
+        # ... and the app it sends routes /experiments/:experimentId/runs, with hash history
+        main_js = re.search(rb'src="\.?/?(static-files/static/js/main\.[0-9a-f]+\.js)"', page)
+        assert main_js, page[:500]
+        status, bundle = get(f"http://127.0.0.1:{port}/{main_js.group(1).decode()}")
+        assert status == 200
+        assert b'"/experiments/:experimentId/runs"' in bundle
+        assert b"location.hash.substr(1)" in bundle
+
+        base = f"http://127.0.0.1:{port}"
+        found = post_json(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})
+        runs = found["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [run_id]
+        assert runs[0]["data"]["metrics"][0]["key"] == "recall"
+
+        # artifacts: listed, and downloadable the way the UI fetches them (get-artifact)
+        query = urllib.parse.urlencode({"run_id": run_id})
+        status, listing = get(f"{base}/ajax-api/2.0/mlflow/artifacts/list?{query}")
+        assert [f["path"] for f in json.loads(listing)["files"]] == ["notes"]
+        query = urllib.parse.urlencode({"path": "notes/hello.txt", "run_uuid": run_id})
+        status, body = get(f"{base}/get-artifact?{query}")
+        assert (status, body) == (200, b"hello from the ui test")
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=STOP_TIMEOUT_S) == 0
+        if not wait_group_gone(pgid, 10):
+            # only zombies may be left, for an init that does not reap orphans
+            survivors = group_members(pgid)
+            assert not survivors, [" ".join(p.cmdline()) for p in survivors]
+        stopped = True
+    finally:
+        if not stopped:
+            kill_everything(proc, pgid)
