@@ -44,18 +44,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, default=None,
-                   help="existing RSNA-layout dataset (default: data/raw if it exists and "
-                        "--studies is not given; else a synthetic dataset is generated)")
-    p.add_argument("--studies", type=int, default=None,
-                   help="generate a synthetic dataset of this many train studies (default: 20; "
-                        "image sizes from params.yaml)")
-    p.add_argument("--workers", default="1,2",
-                   help="comma-separated convert_all worker counts (default: 1,2)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="timed runs per method, best reported (default: 1)")
-    p.add_argument("--warmup", action="store_true",
-                   help="run every method once, untimed, before timing it")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="existing RSNA-layout dataset (default: data/raw if it exists and "
+        "--studies is not given; else a synthetic dataset is generated)",
+    )
+    p.add_argument(
+        "--studies",
+        type=int,
+        default=None,
+        help="generate a synthetic dataset of this many train studies (default: 20; "
+        "image sizes from params.yaml)",
+    )
+    p.add_argument(
+        "--workers", default="1,2", help="comma-separated convert_all worker counts (default: 1,2)"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="timed runs per method, best reported (default: 1)"
+    )
+    p.add_argument(
+        "--warmup", action="store_true", help="run every method once, untimed, before timing it"
+    )
     args = p.parse_args()
     if args.data is not None and args.studies is not None:
         p.error("give --data or --studies, not both")
@@ -104,12 +115,19 @@ def main() -> None:
             cfg = synthetic_config(args.studies)
             print(f"generating {args.studies} synthetic train studies in {tmp} ...", flush=True)
             root = generate_dataset(cfg, tmp / "raw")
-            source = (f"synthetic, {args.studies} train studies, sagittal sizes "
-                      f"{list(cfg.sagittal_sizes)}, axial sizes {list(cfg.axial_sizes)}")
+            source = (
+                f"synthetic, {args.studies} train studies, sagittal sizes "
+                f"{list(cfg.sagittal_sizes)}, axial sizes {list(cfg.axial_sizes)}"
+            )
         series = ingest(root).series
         needed = series[series["needed"].astype(bool)]
-        files = [f for r in needed.itertuples(index=False) for f in sorted(
-            (root / f"{r.split}_images" / str(r.study_id) / str(r.series_id)).glob("*.dcm"))]
+        files = [
+            f
+            for r in needed.itertuples(index=False)
+            for f in sorted(
+                (root / f"{r.split}_images" / str(r.study_id) / str(r.series_id)).glob("*.dcm")
+            )
+        ]
         mb = sum(f.stat().st_size for f in files) / 1e6
         for f in files:  # warm the page cache so every method reads from memory
             f.read_bytes()
@@ -129,14 +147,21 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nmachine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"os.cpu_count()={os.cpu_count()}, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f} (1 min)")
+    print(
+        f"\nmachine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"os.cpu_count()={os.cpu_count()}, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.2f} (1 min)"
+    )
     print(f"data: {source}; {len(needed)} needed series, {len(files)} DICOM files, {mb:.1f} MB")
-    warm = ("plus one untimed run of each method" if args.warmup
-            else "no untimed runs (pass --warmup for one)")
-    print(f"cache: warm (all files read once before timing; page cache not dropped), {warm}; "
-          f"best of {args.repeat} run(s)\n")
+    warm = (
+        "plus one untimed run of each method"
+        if args.warmup
+        else "no untimed runs (pass --warmup for one)"
+    )
+    print(
+        f"cache: warm (all files read once before timing; page cache not dropped), {warm}; "
+        f"best of {args.repeat} run(s)\n"
+    )
     base = rows[0][3]
     print("| method | workers | slices | seconds | slices/s | speed-up vs baseline |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -84,8 +84,11 @@ def copy_dataset(src: Path, tmp_path: Path) -> Path:
 
 
 def coord_key(row: dict) -> Key:
-    return (int(row["study_id"]), vocab.CONDITION_FROM_NAME[row["condition"]],
-            vocab.LEVEL_FROM_NAME[row["level"]])
+    return (
+        int(row["study_id"]),
+        vocab.CONDITION_FROM_NAME[row["condition"]],
+        vocab.LEVEL_FROM_NAME[row["level"]],
+    )
 
 
 def label_cells(root: Path) -> dict[Key, str]:
@@ -101,8 +104,11 @@ def kept_coordinate(root: Path, condition: str | None = None) -> tuple[int, dict
     """(index, row) of a coordinate row in the middle of the file whose label is present."""
     cells = label_cells(root)
     rows = read_table(root, COORDS).to_dict("records")
-    kept = [i for i, r in enumerate(rows)
-            if cells[coord_key(r)] != "" and condition in (None, r["condition"])]
+    kept = [
+        i
+        for i, r in enumerate(rows)
+        if cells[coord_key(r)] != "" and condition in (None, r["condition"])
+    ]
     assert kept, "the dataset has no usable coordinate row"
     i = kept[len(kept) // 2]
     return i, rows[i]
@@ -163,7 +169,8 @@ def assert_report_matches_tables(result: IngestResult) -> None:
     report, labels = result.report, result.labels
     group = labels["condition"].map(vocab.GROUP_OF_CONDITION)
     missing = quirks_of(result, "missing_label")["detail"].map(
-        lambda col: vocab.GROUP_OF_CONDITION[COLUMN_KEY[col][0]])
+        lambda col: vocab.GROUP_OF_CONDITION[COLUMN_KEY[col][0]]
+    )
     for name in vocab.GROUPS:
         counts = report["labels"][name]
         in_group = labels[group == name]
@@ -305,14 +312,20 @@ def test_several_axial_series_found(tiny_dataset, tiny_ingest):
     assert len(got) == len(expected)
 
 
-@pytest.mark.parametrize("kind, is_quirky", [
-    ("instances_start_above_1", lambda nums: nums[0] != 1),
-    ("instances_not_contiguous", lambda nums: nums[-1] - nums[0] + 1 != len(nums)),
-])
+@pytest.mark.parametrize(
+    "kind, is_quirky",
+    [
+        ("instances_start_above_1", lambda nums: nums[0] != 1),
+        ("instances_not_contiguous", lambda nums: nums[-1] - nums[0] + 1 != len(nums)),
+    ],
+)
 def test_instance_number_quirks_found(tiny_dataset, tiny_ingest, kind, is_quirky):
     desc = read_table(tiny_dataset, SERIES)
-    expected = {(int(s), int(r)) for s, r in zip(desc["study_id"], desc["series_id"], strict=True)
-                if is_quirky(instance_numbers(tiny_dataset, s, r))}
+    expected = {
+        (int(s), int(r))
+        for s, r in zip(desc["study_id"], desc["series_id"], strict=True)
+        if is_quirky(instance_numbers(tiny_dataset, s, r))
+    }
     assert expected, "instance_quirk_rate 0.5 should give some quirky series"
     q = quirks_of(tiny_ingest, kind)
     assert set(zip(q["study_id"].map(int), q["series_id"].map(int), strict=True)) == expected
@@ -328,8 +341,9 @@ def missing_series_dataset(tmp_path_factory) -> Path:
 def test_missing_series_type_found(missing_series_dataset):
     result = ingest(missing_series_dataset)
     desc = read_table(missing_series_dataset, SERIES)
-    present = {(int(s), d) for s, d in zip(desc["study_id"], desc["series_description"],
-                                           strict=True)}
+    present = {
+        (int(s), d) for s, d in zip(desc["study_id"], desc["series_description"], strict=True)
+    }
     studies = {int(s) for s in read_table(missing_series_dataset, TRAIN)["study_id"]}
     expected = {(s, t) for s in studies for t in vocab.SERIES_TYPES if (s, t) not in present}
     assert expected, "missing_series_rate 1.0 should drop a series type"
@@ -338,8 +352,10 @@ def test_missing_series_type_found(missing_series_dataset):
     # The groups graded on a missing series type have labels but no coordinates.
     labels = result.labels
     for study, series_type in expected:
-        rows = labels[(labels["study_id"] == study)
-                      & (labels["condition"].map(vocab.SERIES_TYPE_OF_CONDITION) == series_type)]
+        rows = labels[
+            (labels["study_id"] == study)
+            & (labels["condition"].map(vocab.SERIES_TYPE_OF_CONDITION) == series_type)
+        ]
         assert len(rows) > 0
         assert rows["series_id"].isna().all()
 
@@ -375,12 +391,16 @@ def test_missing_dataset_directory_raises(tmp_path):
 
 HEADER_EDITS: dict[str, Callable[[pd.DataFrame], tuple[pd.DataFrame, str]]] = {
     # Each returns the edited table and a word the error message must contain.
-    "renamed": lambda df: (df.rename(columns={df.columns[1]: df.columns[1].upper()}),
-                           df.columns[1].upper()),
+    "renamed": lambda df: (
+        df.rename(columns={df.columns[1]: df.columns[1].upper()}),
+        df.columns[1].upper(),
+    ),
     "missing": lambda df: (df.drop(columns=df.columns[1]), df.columns[1]),
     "extra": lambda df: (df.assign(notes=""), "notes"),
-    "reordered": lambda df: (df[[df.columns[0], df.columns[2], df.columns[1], *df.columns[3:]]],
-                             "out of order"),
+    "reordered": lambda df: (
+        df[[df.columns[0], df.columns[2], df.columns[1], *df.columns[3:]]],
+        "out of order",
+    ),
 }
 
 
@@ -429,20 +449,25 @@ def bad_row(name: str) -> Callable[[BadCase], BadCase]:
     def register(fn: BadCase) -> BadCase:
         BAD_ROWS[name] = fn
         return fn
+
     return register
 
 
-def _coordinate_edit(edits: Callable[[Path, dict], dict[str, str]], value: str,
-                     says: str) -> BadCase:
+def _coordinate_edit(
+    edits: Callable[[Path, dict], dict[str, str]], value: str, says: str
+) -> BadCase:
     """A case that overwrites cells of a kept coordinate row; ``value`` is the offending one."""
+
     def case(root: Path, clean: pd.DataFrame) -> BadRow:
         i, row = kept_coordinate(root)
         changes = edits(root, row)
         for column, new in changes.items():
             set_cell(root, COORDS, i, column, new)
         offending = value.format(**changes)
-        return BadRow(COORDS, line_of(i), offending, says,
-                      uncoordinated=frozenset({coord_key(row)}))
+        return BadRow(
+            COORDS, line_of(i), offending, says, uncoordinated=frozenset({coord_key(row)})
+        )
+
     return case
 
 
@@ -455,24 +480,33 @@ def _series_of_another_study(root: Path, row: dict) -> dict[str, str]:
     return {"series_id": series, "instance_number": str(instance_numbers(root, study, series)[0])}
 
 
-BAD_ROWS.update({
-    "coordinates_unknown_condition": _coordinate_edit(
-        lambda root, row: {"condition": "Spinal Stenosis"}, "{condition}", "unknown condition"),
-    "coordinates_unknown_level": _coordinate_edit(
-        lambda root, row: {"level": "L5-S1"}, "{level}", "unknown level"),
-    "coordinates_non_integer_instance_number": _coordinate_edit(
-        lambda root, row: {"instance_number": row["instance_number"] + ".0"},
-        "{instance_number}", "must be integers"),
-    "coordinates_non_numeric_x": _coordinate_edit(
-        lambda root, row: {"x": "12.5px"}, "{x}", "must be finite numbers"),
-    "coordinates_study_not_in_train_csv": _coordinate_edit(
-        lambda root, row: {"study_id": UNKNOWN_STUDY}, "{study_id}", "is not in train.csv"),
-    "coordinates_series_not_in_descriptions": _coordinate_edit(
-        lambda root, row: {"series_id": UNKNOWN_SERIES}, "{series_id}",
-        f"is not in {SERIES}"),
-    "coordinates_series_of_another_study": _coordinate_edit(
-        _series_of_another_study, "{series_id}", f"is not in {SERIES}"),
-})
+BAD_ROWS.update(
+    {
+        "coordinates_unknown_condition": _coordinate_edit(
+            lambda root, row: {"condition": "Spinal Stenosis"}, "{condition}", "unknown condition"
+        ),
+        "coordinates_unknown_level": _coordinate_edit(
+            lambda root, row: {"level": "L5-S1"}, "{level}", "unknown level"
+        ),
+        "coordinates_non_integer_instance_number": _coordinate_edit(
+            lambda root, row: {"instance_number": row["instance_number"] + ".0"},
+            "{instance_number}",
+            "must be integers",
+        ),
+        "coordinates_non_numeric_x": _coordinate_edit(
+            lambda root, row: {"x": "12.5px"}, "{x}", "must be finite numbers"
+        ),
+        "coordinates_study_not_in_train_csv": _coordinate_edit(
+            lambda root, row: {"study_id": UNKNOWN_STUDY}, "{study_id}", "is not in train.csv"
+        ),
+        "coordinates_series_not_in_descriptions": _coordinate_edit(
+            lambda root, row: {"series_id": UNKNOWN_SERIES}, "{series_id}", f"is not in {SERIES}"
+        ),
+        "coordinates_series_of_another_study": _coordinate_edit(
+            _series_of_another_study, "{series_id}", f"is not in {SERIES}"
+        ),
+    }
+)
 
 
 @bad_row("coordinates_instance_file_missing")
@@ -482,12 +516,19 @@ def _(root: Path, clean: pd.DataFrame) -> BadRow:
     (root / "train_images" / study / series / f"{inst}.dcm").unlink()
     # Every row on that instance now fails; the first one is where raising stops.
     coords = read_table(root, COORDS)
-    hits = coords.index[(coords["study_id"] == study) & (coords["series_id"] == series)
-                        & (coords["instance_number"] == inst)]
-    lost = keys_where(clean, study_id=int(study), series_id=int(series),
-                      instance_number=int(inst))
-    return BadRow(COORDS, line_of(int(hits.min())), f"train_images/{study}/{series}/{inst}.dcm",
-                  "not found", uncoordinated=lost)
+    hits = coords.index[
+        (coords["study_id"] == study)
+        & (coords["series_id"] == series)
+        & (coords["instance_number"] == inst)
+    ]
+    lost = keys_where(clean, study_id=int(study), series_id=int(series), instance_number=int(inst))
+    return BadRow(
+        COORDS,
+        line_of(int(hits.min())),
+        f"train_images/{study}/{series}/{inst}.dcm",
+        "not found",
+        uncoordinated=lost,
+    )
 
 
 @bad_row("train_csv_unknown_severity")
@@ -497,8 +538,9 @@ def _(root: Path, clean: pd.DataFrame) -> BadRow:
     df = read_table(root, TRAIN)
     (idx,) = df.index[df["study_id"] == row["study_id"]]
     set_cell(root, TRAIN, int(idx), f"{key[1]}_{key[2]}", "Normal/mild")
-    return BadRow(TRAIN, line_of(int(idx)), "Normal/mild", "unknown severity",
-                  removed=frozenset({key}))
+    return BadRow(
+        TRAIN, line_of(int(idx)), "Normal/mild", "unknown severity", removed=frozenset({key})
+    )
 
 
 @bad_row("train_csv_non_integer_study_id")
@@ -507,8 +549,13 @@ def _(root: Path, clean: pd.DataFrame) -> BadRow:
     idx = len(df) // 2
     study = df.loc[idx, "study_id"]
     set_cell(root, TRAIN, idx, "study_id", study + ".0")
-    return BadRow(TRAIN, line_of(idx), study + ".0", "must be an integer",
-                  removed=keys_where(clean, study_id=int(study)))
+    return BadRow(
+        TRAIN,
+        line_of(idx),
+        study + ".0",
+        "must be an integer",
+        removed=keys_where(clean, study_id=int(study)),
+    )
 
 
 @bad_row("train_csv_duplicate_study")
@@ -520,13 +567,20 @@ def _(root: Path, clean: pd.DataFrame) -> BadRow:
 
 def _series_edit(edit: Callable[[Path, int, str], str], says: str) -> BadCase:
     """A case that breaks the descriptions row (or directory) of a series with coordinates."""
+
     def case(root: Path, clean: pd.DataFrame) -> BadRow:
         _, row = kept_coordinate(root)
         series = row["series_id"]
         idx = series_row(root, series)
         value = edit(root, idx, series)
-        return BadRow(SERIES, line_of(idx), value, says,
-                      uncoordinated=keys_where(clean, series_id=int(series)))
+        return BadRow(
+            SERIES,
+            line_of(idx),
+            value,
+            says,
+            uncoordinated=keys_where(clean, series_id=int(series)),
+        )
+
     return case
 
 
@@ -546,12 +600,19 @@ def _series_directory_missing(root: Path, idx: int, series: str) -> str:
     return f"train_images/{study}/{series}"
 
 
-BAD_ROWS.update({
-    "descriptions_non_integer_series_id": _series_edit(_non_integer_series_id, "must be integers"),
-    "descriptions_unknown_series_description": _series_edit(
-        _unknown_description, "unknown series_description"),
-    "descriptions_series_directory_missing": _series_edit(_series_directory_missing, "not found"),
-})
+BAD_ROWS.update(
+    {
+        "descriptions_non_integer_series_id": _series_edit(
+            _non_integer_series_id, "must be integers"
+        ),
+        "descriptions_unknown_series_description": _series_edit(
+            _unknown_description, "unknown series_description"
+        ),
+        "descriptions_series_directory_missing": _series_edit(
+            _series_directory_missing, "not found"
+        ),
+    }
+)
 
 
 @bad_row("descriptions_duplicate_series")
@@ -597,8 +658,9 @@ def test_bad_row_is_dropped_when_skipping(tiny_dataset, tiny_ingest, tmp_path, c
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["99999999999999999999", "12³"],
-                         ids=["beyond_int64", "superscript_digit"])
+@pytest.mark.parametrize(
+    "value", ["99999999999999999999", "12³"], ids=["beyond_int64", "superscript_digit"]
+)
 def test_study_id_that_is_not_an_int64_is_a_data_error(tiny_dataset, tmp_path, value):
     """Ids must fit int64 (rsna-data.md); str.isdigit() also accepts digits int() rejects."""
     root = copy_dataset(tiny_dataset, tmp_path)
@@ -648,8 +710,9 @@ def test_coordinates_on_the_wrong_series_type_are_dropped(tiny_dataset, tiny_ing
     spinal = vocab.CONDITION_NAMES["spinal_canal_stenosis"]
     i, row = kept_coordinate(root, condition=spinal)
     desc = read_table(root, SERIES)
-    t1 = desc[(desc["study_id"] == row["study_id"])
-              & (desc["series_description"] == vocab.SAGITTAL_T1)]["series_id"].iloc[0]
+    t1 = desc[
+        (desc["study_id"] == row["study_id"]) & (desc["series_description"] == vocab.SAGITTAL_T1)
+    ]["series_id"].iloc[0]
     inst = instance_numbers(root, row["study_id"], t1)[0]
     insert_row(root, COORDS, i, {**row, "series_id": t1, "instance_number": str(inst)})
     result = ingest(root)
