@@ -7,11 +7,17 @@ exercises the same code the pipeline runs.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pydicom
 import pytest
+import yaml
 
 from spinegrade.config import CropConfig, SyntheticConfig
 from spinegrade.convert import convert_all
@@ -91,3 +97,33 @@ def tiny_crops(tiny_ingest, tiny_volumes):
     out, _ = tiny_volumes
     slices = pd.read_csv(out / "slices.csv")
     return build_crops(tiny_ingest.labels, slices, out, CropConfig(slices=3, size_px=32))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_dvc(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """The venv's dvc in ``cwd``, with the venv on PATH and no MLFLOW_TRACKING_URI."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def dvc_workspace(dest: Path, shrink: Callable[[dict], None]) -> Path:
+    """A DVC project in ``dest``: the repo's dvc.yaml, stages and src, params.yaml as
+    changed by ``shrink`` (which edits the parsed params in place)."""
+    shutil.copy(REPO / "dvc.yaml", dest)
+    shutil.copytree(REPO / "stages", dest / "stages")
+    shutil.copytree(REPO / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    shrink(params)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run_dvc(dest, "init", "--no-scm", "-q").returncode == 0
+    return dest

@@ -9,52 +9,31 @@ matrix and the model, and that a training param change re-runs only training onw
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import dvc_workspace, run_dvc
 from mlflow.tracking import MlflowClient
 
 from spinegrade import vocab
 
-REPO = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("ingest", "convert-dicom", "crop-rois", "split-folds")
-
-
-def _dvc(work: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(REPO / "dvc.yaml", work)
-    shutil.copytree(REPO / "stages", work / "stages")
-    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"]["synthetic"].update(
-        n_train_studies=9, n_test_studies=1, workers=1, sagittal_sizes=[112], axial_sizes=[96]
-    )
-    params["convert-dicom"]["workers"] = 1
-    params["split-folds"]["n_folds"] = 3
-    params["train-per-condition"]["training"].update(epochs=1, batch_size=16)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
-    proc = _dvc(work, "repro")
+    def shrink(params: dict) -> None:
+        params["ingest"]["synthetic"].update(
+            n_train_studies=9, n_test_studies=1, workers=1, sagittal_sizes=[112], axial_sizes=[96]
+        )
+        params["convert-dicom"]["workers"] = 1
+        params["split-folds"]["n_folds"] = 3
+        params["train-per-condition"]["training"].update(epochs=1, batch_size=16)
+
+    work = dvc_workspace(tmp_path_factory.mktemp("pipeline"), shrink)
+    proc = run_dvc(work, "repro")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work
 
@@ -145,12 +124,12 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
 
 @pytest.mark.slow
 def test_training_param_change_reruns_only_training_onwards(pipeline):
-    status = _dvc(pipeline, "status")
+    status = run_dvc(pipeline, "status")
     assert "up to date" in status.stdout, status.stdout
     params = _params(pipeline)
     params["train-per-condition"]["training"]["epochs"] = 2
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = _dvc(pipeline, "status").stdout
+    status = run_dvc(pipeline, "status").stdout
     assert "train-per-condition@" in status
     for stage in DATA_STAGES:
         assert f"{stage}:" not in status, status

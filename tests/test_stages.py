@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import assert_no_identifiers, header_identifiers
+from conftest import assert_no_identifiers, dvc_workspace, header_identifiers, run_dvc
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("crop-rois", "split-folds")  # with their upstream: the four data stages
@@ -32,13 +31,18 @@ TINY = {
 }
 
 
-def tiny_params(dest: Path, **data) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+def shrink(params: dict, **data) -> None:
+    """Tiny data, one worker, small crops (edits parsed params in place)."""
     params["ingest"]["synthetic"].update(TINY)
     params["convert-dicom"]["workers"] = 1
     params["split-folds"]["n_folds"] = 3
     params["crop-rois"]["size_px"] = 32
     params["data"].update(data)
+
+
+def tiny_params(dest: Path, **data) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    shrink(params, **data)
     path = dest / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -51,18 +55,6 @@ def run_stage(script: str, cwd: Path, *args: str) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=600,
-    )
-
-
-def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
     )
 
 
@@ -163,29 +155,23 @@ def test_dvc_yaml_declares_the_code_and_params_each_stage_reads():
 
 @pytest.mark.slow
 def test_dvc_repro_twice_from_empty_cache_gives_identical_hashes(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    shutil.copy(REPO / "dvc.yaml", work)
-    shutil.copytree(REPO / "stages", work / "stages")
-    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    tiny_params(work)
-    assert dvc(work, "init", "--no-scm", "-q").returncode == 0
-    first = dvc(work, "repro", *DATA_STAGES)
+    work = dvc_workspace(tmp_path, shrink)
+    first = run_dvc(work, "repro", *DATA_STAGES)
     assert first.returncode == 0, first.stderr + first.stdout
     lock1 = yaml.safe_load((work / "dvc.lock").read_text())
     shutil.rmtree(work / ".dvc" / "cache")
     for out in ("data", "reports"):
         shutil.rmtree(work / out)
     (work / "dvc.lock").unlink()
-    second = dvc(work, "repro", *DATA_STAGES)
+    second = run_dvc(work, "repro", *DATA_STAGES)
     assert second.returncode == 0, second.stderr + second.stdout
     # Same hashes for every stage (the file's stage order follows execution order).
     assert yaml.safe_load((work / "dvc.lock").read_text()) == lock1
-    status = dvc(work, "status", *DATA_STAGES)
+    status = run_dvc(work, "status", *DATA_STAGES)
     assert "up to date" in status.stdout
     # Changing a later stage's params re-runs only that stage.
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["split-folds"]["seed"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dry = dvc(work, "status", *DATA_STAGES)
+    dry = run_dvc(work, "status", *DATA_STAGES)
     assert "split-folds" in dry.stdout and "convert-dicom" not in dry.stdout
