@@ -205,7 +205,7 @@ def _submission_values(submission: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(ids.to_numpy(), name="row_id"))
 
 
-def _log_loss(target: np.ndarray, proba: np.ndarray, weight: np.ndarray) -> float:
+def weighted_log_loss(target: np.ndarray, proba: np.ndarray, weight: np.ndarray) -> float:
     """Weighted multi-class log loss, clipped to [EPS, 1 - EPS] then row-renormalised.
 
     Args:
@@ -283,7 +283,7 @@ def rsna_score(solution: pd.DataFrame, submission: pd.DataFrame) -> dict[str, fl
     for name in vocab.GROUPS:
         rows = group == name
         if rows.any():
-            terms[name] = _log_loss(target[rows], proba[rows], weight[rows])
+            terms[name] = weighted_log_loss(target[rows], proba[rows], weight[rows])
     if ANY_SEVERE_GROUP in terms:
         rows = group == ANY_SEVERE_GROUP
         study = solution["study_id"].to_numpy()[rows]

@@ -26,12 +26,12 @@ from tqdm import tqdm
 
 from spinegrade import vocab
 from spinegrade.config import Recipe, TrainConfig, TrainingConfig
-from spinegrade.metrics import classification_metrics
+from spinegrade.metrics import classification_metrics, weighted_log_loss
 from spinegrade.models import count_parameters, create_backbone, input_normalisation, model_flops
 
 log = logging.getLogger(__name__)
 
-METRIC_WEIGHTS = torch.tensor(vocab.SEVERITY_WEIGHTS, dtype=torch.float32)
+OOF_KEYS = ["study_id", "condition", "level", "side", "label"]  # crop index columns kept in oof
 
 
 def device() -> torch.device:
@@ -165,12 +165,8 @@ def predict(model: nn.Module, dataset: CropDataset, batch_size: int) -> np.ndarr
 
 
 def metric_loss(proba: np.ndarray, labels: np.ndarray) -> float:
-    """The official per-group term: log loss weighted 1/2/4 (probabilities clipped)."""
-    eps = np.finfo(np.float64).eps
-    p = np.clip(proba, eps, 1 - eps)
-    p = p / p.sum(axis=1, keepdims=True)
-    w = np.asarray(vocab.SEVERITY_WEIGHTS)[labels]
-    return float(-(w * np.log(p[np.arange(len(labels)), labels])).sum() / w.sum())
+    """The official per-group term of (N, 3) probabilities: log loss weighted 1/2/4."""
+    return weighted_log_loss(labels, proba, np.asarray(vocab.SEVERITY_WEIGHTS)[labels])
 
 
 @dataclass
@@ -396,6 +392,3 @@ def train_group_backbone(
         },
     }
     return GroupResult(oof, pd.DataFrame(history), metrics, states)
-
-
-OOF_KEYS = ["study_id", "condition", "level", "side", "label"]
