@@ -3,7 +3,8 @@
 One job of the dvc.yaml matrix (group x backbone). For each configured fold: train on the
 other folds' studies, keep the best epoch, predict the fold (out-of-fold probabilities),
 and log the fold as MLflow run {group}-{backbone}-fold{k} under the pipeline's parent run.
-Writes to --out: oof.csv, history.csv, metrics.json and fold{k}.pt (best weights).
+Writes to --out: oof.csv, history.csv, metrics.json and fold{k}.safetensors (best weights;
+safetensors, unlike torch.save, writes the same bytes for the same weights).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import save_file
 
 from spinegrade import tracking
 from spinegrade.cli import run, setup_logging, stage_parser
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             write_csv(tmp / "history.csv", result.history)
             write_json(tmp / "metrics.json", result.metrics)
             for fold, state in result.states.items():
-                with atomic_path(tmp / f"fold{fold}.pt") as pt:
-                    torch.save(state, pt)
+                with atomic_path(tmp / f"fold{fold}.safetensors") as path:
+                    save_file(state, str(path))
 
     return run(body)
 

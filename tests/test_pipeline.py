@@ -48,7 +48,7 @@ def test_every_stage_output_exists(pipeline):
     for g in p["groups"]:
         for b in p["backbones"]:
             out = pipeline / "models" / g / b
-            assert {"oof.csv", "history.csv", "metrics.json", "fold0.pt"} <= {
+            assert {"oof.csv", "history.csv", "metrics.json", "fold0.safetensors"} <= {
                 f.name for f in out.iterdir()
             }
             oof = pd.read_csv(out / "oof.csv")

@@ -102,6 +102,8 @@ def test_train_fold_is_deterministic_and_returns_the_best_epoch():
     runs = [train_fold("resnet18", Recipe(lr=1e-3), cfg, train, val, seed=3) for _ in range(2)]
     (_, a), (_, b) = runs
     np.testing.assert_array_equal(a.oof, b.oof)
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert a.oof.shape == (48, 3)
     np.testing.assert_allclose(a.oof.sum(axis=1), 1.0, rtol=1e-6)
     best = min(a.history, key=lambda h: h["val_loss"])

@@ -358,7 +358,6 @@ def train_group_backbone(
         summary = {
             "best_epoch": res.best_epoch,
             "epochs_run": len(res.history),
-            "seconds": round(res.seconds, 1),
             "val_loss": metric_loss(res.oof, labels[val]),
             "accuracy": m["accuracy"],
             "macro_recall": m["macro_recall"],
@@ -367,8 +366,9 @@ def train_group_backbone(
             "n_train": int((~val).sum()),
             "n_val": int(val.sum()),
         }
-        per_fold[f"fold{fold}"] = summary
-        hooks.end(fold, model, {**summary, "gflops": gflops, "params": n_params}, m["confusion"])
+        per_fold[f"fold{fold}"] = summary  # no wall-clock time here: outputs stay reproducible
+        cost = {"gflops": gflops, "params": n_params, "seconds": res.seconds}
+        hooks.end(fold, model, {**summary, **cost}, m["confusion"])
         states[fold] = res.state_dict
         part = index.loc[val, OOF_KEYS].copy()
         part["fold"] = fold
