@@ -9,7 +9,6 @@ next to the pipeline's fold runs listed with mlflow.search_runs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -60,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
 
-        experiment, parent, tags = tracking.pipeline_run(
-            params.mlflow.experiment, dataclasses.asdict(cfg), [args.crops, args.folds]
-        )
-        with mlflow.start_run(
-            experiment_id=experiment,
-            run_name="compare-backbones",
-            parent_run_id=parent,
-            tags={**tags, "spinegrade.role": "compare"},
-        ):
+        with tracking.child_run(
+            params.mlflow.experiment,
+            args.params,
+            [args.crops, args.folds],
+            "compare-backbones",
+            "compare",
+        ) as active:
+            experiment = active.info.experiment_id
+            parent = mlflow.get_run(active.info.run_id).data.tags["mlflow.parentRunId"]
             for suffix in (".csv", ".md", ".png"):
                 mlflow.log_artifact(str(out.with_suffix(suffix)))
             runs = mlflow.search_runs(

@@ -8,7 +8,6 @@ tables for DVC plots, and each backbone's 25-row-per-study OOF submission under 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -57,14 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_csv(tmp / f"{group}-{backbone}.csv", table)
         write_json(args.report, result.report)
 
-        experiment, parent, tags = tracking.pipeline_run(
-            params.mlflow.experiment, dataclasses.asdict(cfg), [args.crops, args.folds]
-        )
-        with mlflow.start_run(
-            experiment_id=experiment,
-            run_name="evaluate",
-            parent_run_id=parent,
-            tags={**tags, "spinegrade.role": "evaluate"},
+        with tracking.child_run(
+            params.mlflow.experiment, args.params, [args.crops, args.folds], "evaluate", "evaluate"
         ):
             mlflow.log_metrics(tracking.numeric(result.report))
             mlflow.log_artifact(args.report)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         folds = pd.read_csv(args.folds)
 
         experiment, parent, tags = tracking.pipeline_run(
-            params.mlflow.experiment, dataclasses.asdict(cfg), [args.crops, args.folds]
+            params.mlflow.experiment, args.params, [args.crops, args.folds]
         )
         recipe = cfg.recipe(args.backbone)
         hooks = MlflowFoldHooks(

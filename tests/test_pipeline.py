@@ -1,4 +1,4 @@
-"""The whole pipeline, shrunken: all seven stages through `dvc repro`, MLflow in a temp dir.
+"""The whole pipeline, shrunken: every stage through `dvc repro`, MLflow in a temp dir.
 
 Tiny synthetic data, one epoch, the default backbones at the configured crop size. Checks
 what a researcher relies on: every output, one parent MLflow run with a nested run per
@@ -26,11 +26,15 @@ DATA_STAGES = ("ingest", "convert-dicom", "crop-rois", "split-folds")
 def pipeline(tmp_path_factory) -> Path:
     def shrink(params: dict) -> None:
         params["ingest"]["synthetic"].update(
-            n_train_studies=9, n_test_studies=1, workers=1, sagittal_sizes=[112], axial_sizes=[96]
+            n_train_studies=9, n_test_studies=2, workers=1, sagittal_sizes=[112], axial_sizes=[96]
         )
         params["convert-dicom"]["workers"] = 1
         params["split-folds"]["n_folds"] = 3
         params["train-per-condition"]["training"].update(epochs=1, batch_size=16)
+        loc = params["train-localizer"]
+        loc.update(batch_size=8, decoder_channels=8)
+        for inp in loc["inputs"].values():
+            inp.update(image_px=64, epochs=1)
 
     work = dvc_workspace(tmp_path_factory.mktemp("pipeline"), shrink)
     proc = run_dvc(work, "repro")
@@ -58,6 +62,25 @@ def test_every_stage_output_exists(pipeline):
         sub = pd.read_csv(pipeline / "data" / "evaluate" / f"oof_submission_{b}.csv")
         assert list(sub.columns) == list(vocab.SUBMISSION_HEADER)
         assert len(sub) % 25 == 0 and sub["row_id"].is_unique
+
+
+@pytest.mark.slow
+def test_localizers_and_predict_outputs(pipeline):
+    for series in _params(pipeline)["train-localizer"]["series"]:
+        out = pipeline / "localizers" / series
+        assert {"localizer.json", "weights.safetensors", "metrics.json", "errors.csv"} <= {
+            f.name for f in out.iterdir()
+        }
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["point_error_mm_p90"] >= metrics["point_error_mm_median"] >= 0
+    sub = pd.read_csv(pipeline / "data" / "predict" / "submission.csv")
+    assert list(sub.columns) == list(vocab.SUBMISSION_HEADER)
+    assert len(sub) == 25 * 2 and sub["row_id"].is_unique
+    report = json.loads((pipeline / "reports" / "predict.json").read_text())
+    assert report["studies"] == 2 and report["rows"] == 50
+    assert set(report["rsna_score"]) == {"localised", "labelled_points", "class_prior"}
+    assert report["localisation"]["all"]["points"] > 0
+    assert list((pipeline / "data" / "predict" / "explain").rglob("*.png"))
 
 
 @pytest.mark.slow
@@ -103,7 +126,8 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
     p = _params(pipeline)["train-per-condition"]
     expected = {f"{g}-{b}-fold0" for g in p["groups"] for b in p["backbones"]}
-    assert expected | {"evaluate", "compare-backbones"} == set(children)
+    expected |= {f"localizer-{s}" for s in _params(pipeline)["train-localizer"]["series"]}
+    assert expected | {"evaluate", "compare-backbones", "predict"} == set(children)
     run = children[f"spinal-{p['backbones'][0]}-fold0"]
     assert run.data.params["training.loss"] == "weighted_ce"
     assert "recipe.lr" in run.data.params
@@ -120,6 +144,19 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
     ), "model not logged"
     compare = {a.path for a in client.list_artifacts(children["compare-backbones"].info.run_id)}
     assert {"compare-backbones.csv", "compare-backbones.md", "compare-backbones.png"} <= compare
+    loc = children["localizer-sagittal_t2"]
+    assert {"final_point_error_mm_median", "final_point_error_mm_p90", "final_heatmap_dice"} <= set(
+        loc.data.metrics
+    )
+    predict = children["predict"]
+    assert {
+        "rsna_score.localised.score",
+        "rsna_score.labelled_points.score",
+        "rsna_score.class_prior.score",
+        "localisation.all.error_mm_median",
+        "localisation.all.error_mm_p90",
+    } <= set(predict.data.metrics)
+    assert "submission.csv" in {a.path for a in client.list_artifacts(predict.info.run_id)}
 
 
 @pytest.mark.slow
@@ -133,3 +170,5 @@ def test_training_param_change_reruns_only_training_onwards(pipeline):
     assert "train-per-condition@" in status
     for stage in DATA_STAGES:
         assert f"{stage}:" not in status, status
+    assert "train-localizer@" not in status, status
+    assert "predict:" in status

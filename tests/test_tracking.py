@@ -151,6 +151,27 @@ def test_parent_run_is_one_per_key(tmp_path, no_tracking_env):
     assert run.info.run_name == "pipeline-a"
 
 
+def test_child_runs_of_one_pipeline_run_share_a_parent(tmp_path, no_tracking_env, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("a: 1\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.csv").write_text("1\n")
+
+    def child(name: str, role: str) -> tuple[str, dict]:
+        with tracking.child_run("exp", params, ["data/x.csv"], name, role) as run:
+            run_id = run.info.run_id
+        tags = MlflowClient(store_uri(tmp_path)).get_run(run_id).data.tags
+        return tags["mlflow.parentRunId"], tags
+
+    parent, tags = child("evaluate", "evaluate")
+    assert tags[tracking.ROLE_TAG] == "evaluate" and tags["mlflow.runName"] == "evaluate"
+    assert tags["dvc.data/x.csv"].startswith("sha256:")
+    assert child("predict", "predict")[0] == parent
+    params.write_text("a: 2\n")  # another pipeline run: another parent
+    assert child("evaluate", "evaluate")[0] != parent
+
+
 def test_setup_does_not_pin_the_store_for_other_workspaces(tmp_path, no_tracking_env):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

@@ -106,8 +106,70 @@ def format_score(result: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+PREDICT_DESCRIPTION = """\
+Grade studies that have no coordinates: localise the levels on each series type, crop
+around them, grade the crops with the backbone compare-backbones chose per condition
+group, and write a submission in sample_submission format (25 rows per study, the three
+probabilities summing to 1).
+
+  --images   a test_images-style tree: DIR/{study_id}/{series_id}/{instance}.dcm
+  --series   test_series_descriptions.csv format: study_id,series_id,series_description
+
+Models come from a finished `dvc repro` (models/, localizers/,
+reports/compare-backbones.json); the class prior for rows that cannot be graded (a series
+type missing, a level no axial slice reaches) comes from data/ingest/labels.csv. Each
+such case is a warning naming the study; a corrupt DICOM file is a warning naming the file
+(--on-error skip) or an error (--on-error raise)."""
+PREDICT_EPILOG = """\
+example:
+  spinegrade predict --images data/raw/test_images \\
+      --series data/raw/test_series_descriptions.csv --out submission.csv --explain explain/"""
+
+
+def predict_command(args: argparse.Namespace) -> None:
+    """Run ``spinegrade predict`` with parsed arguments."""
+    import torch
+
+    from spinegrade.config import load_params
+    from spinegrade.io import write_csv
+    from spinegrade.predict import load_bundle, predict_studies, read_series_table
+
+    params = load_params(args.params)
+    if params.train_per_condition.training.threads > 0:
+        torch.set_num_threads(params.train_per_condition.training.threads)
+    if not Path(args.images).is_dir():
+        raise DataError(f"{args.images}: images directory not found")
+    series = read_series_table(args.series)
+    bundle = load_bundle(
+        args.models,
+        args.localizers,
+        args.selection,
+        args.labels,
+        params.train_per_condition,
+        params.crop_rois,
+    )
+    result = predict_studies(
+        args.images,
+        series,
+        bundle.graders,
+        bundle.prior_solution,
+        bundle.crop,
+        localizers=bundle.localizers,
+        on_error=args.on_error,
+        explain_dir=args.explain,
+    )
+    write_csv(args.out, result.submission)
+    if args.points:
+        write_csv(args.points, result.points)
+    print(
+        f"wrote {len(result.submission)} rows for "
+        f"{len(result.submission) // 25} studies to {args.out}"
+        + (f" ({len(result.warnings)} warnings)" if result.warnings else "")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``spinegrade`` command: ``synthesize`` a dataset, ``score`` predictions."""
+    """The ``spinegrade`` command: ``synthesize`` a dataset, ``score`` or ``predict``."""
     parser = argparse.ArgumentParser(prog="spinegrade", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     gen = sub.add_parser("synthesize", help="write a synthetic RSNA-layout dataset to a directory")
@@ -131,6 +193,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         help='print one JSON object {"score", "spinal", "foraminal", "subarticular", '
         '"any_severe"} instead of the table',
     )
+    pred = sub.add_parser(
+        "predict",
+        help="localise, crop and grade unseen studies; write a submission CSV",
+        description=PREDICT_DESCRIPTION,
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pred.add_argument("--images", required=True, metavar="DIR", help="test_images-style tree")
+    pred.add_argument("--series", required=True, metavar="CSV", help="series descriptions")
+    pred.add_argument("--out", required=True, metavar="CSV", help="submission to write")
+    pred.add_argument("--explain", metavar="DIR", help="write a Grad-CAM PNG per graded level")
+    pred.add_argument("--points", metavar="CSV", help="also write the localised points")
+    pred.add_argument(
+        "--on-error",
+        choices=["skip", "raise"],
+        default="skip",
+        help="a corrupt DICOM file: skip it with a warning, or stop (default: %(default)s)",
+    )
+    pred.add_argument("--models", default="models", help="graders (default: %(default)s)")
+    pred.add_argument(
+        "--localizers", default="localizers", help="localisers (default: %(default)s)"
+    )
+    pred.add_argument(
+        "--selection",
+        default="reports/compare-backbones.json",
+        help="compare-backbones report that picks each group's backbone (default: %(default)s)",
+    )
+    pred.add_argument(
+        "--labels",
+        default="data/ingest/labels.csv",
+        help="training label table, for the class prior (default: %(default)s)",
+    )
+    pred.add_argument("--params", default="params.yaml", help="params (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
     if args.command is None:
@@ -154,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(result) if args.json else format_score(result))
 
         return run(score_body)
+    if args.command == "predict":
+        return run(lambda: predict_command(args))
     return 2
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from spinegrade.errors import ConfigError
-from spinegrade.vocab import GROUPS
+from spinegrade.vocab import GROUPS, SERIES_SLUGS
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,83 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LocalizerInput:
+    """One series type's localiser input and training length.
+
+    Attributes:
+        slices: slices fed as channels (odd), ``step_mm`` apart along the slice normal,
+            centred on the stack's middle (sagittal) or on the level's slice (axial).
+        image_px: input side in pixels (slices are resized to it).
+        epochs: training epochs.
+    """
+
+    slices: int = 3
+    step_mm: float = 4.0
+    image_px: int = 128
+    epochs: int = 12
+
+    def __post_init__(self) -> None:
+        if self.slices < 1 or self.slices % 2 == 0 or self.step_mm <= 0:
+            raise ConfigError("slices must be odd and >= 1, step_mm > 0")
+        if self.image_px < 32 or self.image_px % 32 or self.epochs < 1:
+            raise ConfigError("image_px must be a multiple of 32, epochs >= 1")
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """train-localizer: one heatmap model per series type (a timm encoder + light decoder).
+
+    Attributes:
+        series: the matrix: series types to train (sagittal_t2, sagittal_t1, axial_t2).
+        encoder: timm name, created with ``features_only``.
+        decoder_channels: width of the decoder.
+        sigma_px: Gaussian sigma of the target heatmaps, in heatmap pixels.
+        inputs: per series type, the slices fed as channels, input size and epochs.
+        val_fold: fold held out to measure point error (the model trains on the others).
+    """
+
+    series: tuple[str, ...] = ("sagittal_t2", "sagittal_t1", "axial_t2")
+    encoder: str = "mobilenetv2_100"
+    decoder_channels: int = 32
+    sigma_px: float = 1.5
+    inputs: Mapping[str, LocalizerInput] = field(default_factory=dict)
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    augment: bool = True
+    val_fold: int = 0
+    seed: int = 42
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in (*self.series, *self.inputs) if s not in SERIES_SLUGS.values()]
+        if unknown:
+            raise ConfigError(
+                f"train-localizer: unknown series type(s) {unknown}; "
+                f"expected some of {list(SERIES_SLUGS.values())}"
+            )
+        if self.batch_size < 1 or self.sigma_px <= 0:
+            raise ConfigError("train-localizer: batch_size must be >= 1 and sigma_px > 0")
+
+    def input_for(self, series: str) -> LocalizerInput:
+        """The series type's input (defaults when params give none)."""
+        return self.inputs.get(series, LocalizerInput())
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """predict: grading the held-out test studies end to end.
+
+    Attributes:
+        explain: write a Grad-CAM PNG per graded level under the stage's output.
+        on_error: ``skip`` a corrupt file (warning names it) or ``raise`` on it.
+    """
+
+    explain: bool = True
+    on_error: Literal["raise", "skip"] = "skip"
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     """Where runs go. MLFLOW_TRACKING_URI overrides the default SQLite store in mlruns/."""
 
@@ -201,6 +278,8 @@ class Params:
     crop_rois: CropConfig = field(default_factory=CropConfig)
     split_folds: FoldsConfig = field(default_factory=FoldsConfig)
     train_per_condition: TrainConfig = field(default_factory=TrainConfig)
+    train_localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
@@ -209,7 +288,13 @@ def _yaml_key(name: str) -> str:
     return name.replace("_", "-") if name in _HYPHENATED else name
 
 
-_HYPHENATED = {"convert_dicom", "crop_rois", "split_folds", "train_per_condition"}
+_HYPHENATED = {
+    "convert_dicom",
+    "crop_rois",
+    "split_folds",
+    "train_per_condition",
+    "train_localizer",
+}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -279,7 +364,9 @@ def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
             kwargs[f.name] = _coerce(raw[ykey], hints[f.name], dotted)
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as exc:
+        if prefix and not str(exc).startswith(prefix.split(".")[0]):
+            raise ConfigError(f"{prefix}: {exc}") from None
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{prefix or 'params'}: {exc}") from exc

@@ -11,14 +11,16 @@ Output layout under ``out_dir``::
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from spinegrade.dicom import DicomError, read_series
+from spinegrade.dicom import DicomError, Stack, read_series
 from spinegrade.io import atomic_dir, write_csv, write_json, write_npy
 from spinegrade.parallel import parallel_map
 
@@ -105,6 +107,22 @@ def convert_one(job: SeriesJob) -> dict:
             )
     write_json(dest / "geometry.json", geometry)
     return {"rows": rows, "skipped": skipped, "stacks": len(stacks)}
+
+
+def load_stack(series_dir: str | Path, k: int) -> Stack:
+    """Stack ``k`` of a converted series (``{study}/{series}`` under the output), as
+    read_series would return it: pixels (S, H, W) and geometry."""
+    series_dir = Path(series_dir)
+    geometry = json.loads((series_dir / "geometry.json").read_text())
+    g = geometry["stacks"][k]
+    return Stack(
+        pixels=np.load(series_dir / g["file"]),
+        positions=np.asarray(g["positions"], dtype=np.float64),
+        orientation=np.asarray(g["orientation"], dtype=np.float64),
+        spacing=np.asarray(g["pixel_spacing"], dtype=np.float64),
+        instance_numbers=np.asarray(g["instance_numbers"], dtype=np.int64),
+        slice_spacing=float(g["slice_spacing"]),
+    )
 
 
 def convert_all(

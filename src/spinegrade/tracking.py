@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PIPELINE_TAG = "spinegrade.pipeline"
 ROLE_TAG = "spinegrade.role"
+# ingest's output: its DVC hash identifies the data a pipeline run descends from.
+PIPELINE_SOURCE = "data/ingest"
 DVC_EXPS_DIR = (".dvc", "tmp", "exps")
 
 
@@ -212,21 +214,45 @@ def confusion_figure(confusion: list[list[int]], title: str):
 
 
 def pipeline_run(
-    experiment: str, train_params: dict, data_paths: list[str]
+    experiment: str, params_path: str | Path, data_paths: list[str]
 ) -> tuple[str, str, dict[str, str]]:
     """(experiment id, parent run id, provenance tags) of the current pipeline run.
 
-    Stages of one ``dvc repro`` share the parent: its key is the commit, the DVC hashes of
-    ``data_paths`` and the training params, which are the same for all of them.
+    Stages of one ``dvc repro`` share the parent: its key is the commit, the params file's
+    text and DVC's hash of ingest's output (the data every stage descends from), which
+    are the same for all of them. The tags hold the DVC hashes of ``data_paths``, the data
+    this stage read.
     """
     experiment_id = setup(experiment)
     data = dvc_hashes(data_paths)
     commit = git_commit()
-    params_text = yaml.safe_dump(train_params, sort_keys=True)
-    key = pipeline_key(commit.removesuffix("-dirty"), *data.values(), params_text)
+    params_text = Path(params_path).read_text()
+    (source,) = dvc_hashes([PIPELINE_SOURCE]).values()
+    key = pipeline_key(commit.removesuffix("-dirty"), source, params_text)
     parent = parent_run(experiment_id, key, name=f"pipeline-{key[:8]}")
     tags = {"git_commit": commit, **{f"dvc.{p}": h for p, h in data.items()}}
     return experiment_id, parent, tags
+
+
+@contextlib.contextmanager
+def child_run(
+    experiment: str,
+    params_path: str | Path,
+    data_paths: list[str],
+    name: str,
+    role: str,
+    tags: dict[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run ``name`` nested under the pipeline's parent run (see pipeline_run),
+    tagged with provenance and ``spinegrade.role`` = ``role``."""
+    experiment_id, parent, base = pipeline_run(experiment, params_path, data_paths)
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=parent,
+        tags={**base, ROLE_TAG: role, **(tags or {})},
+    ) as run:
+        yield run
 
 
 def numeric(report: dict) -> dict[str, float]:

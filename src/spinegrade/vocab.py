@@ -35,6 +35,13 @@ SAGITTAL_T1 = "Sagittal T1"
 SAGITTAL_T2 = "Sagittal T2/STIR"
 AXIAL_T2 = "Axial T2"
 SERIES_TYPES: tuple[str, ...] = (SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2)
+# File- and param-safe names of the series types (localiser directories, matrix keys).
+SERIES_SLUGS: dict[str, str] = {
+    SAGITTAL_T1: "sagittal_t1",
+    SAGITTAL_T2: "sagittal_t2",
+    AXIAL_T2: "axial_t2",
+}
+SERIES_FROM_SLUG: dict[str, str] = {v: k for k, v in SERIES_SLUGS.items()}
 
 
 @dataclass(frozen=True)

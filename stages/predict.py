@@ -1,0 +1,136 @@
+"""DVC stage predict: grade the held-out test studies end to end, and score the result.
+
+Reads the test studies (test_images + test_series_descriptions.csv, found through
+ingest's source.json) with no coordinates: localises each level, crops, grades with the
+backbones compare-backbones chose, and writes --out/submission.csv. When the answers are
+known (the synthetic dataset writes them beside the images), it scores the submission with
+the official metric next to two references: the same graders cropping at the labelled
+coordinates (what localisation costs) and the class prior (what learning gains), and
+measures the localisers' point error in mm. All of it goes to --report (a DVC metric) and
+to an MLflow run "predict" under the pipeline's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from spinegrade import tracking
+from spinegrade.cli import run, setup_logging, stage_parser
+from spinegrade.commands import read_labels
+from spinegrade.config import load_params
+from spinegrade.io import atomic_dir, atomic_path, write_csv, write_json
+from spinegrade.metrics import class_prior_submission, rsna_score, solution_from_wide
+from spinegrade.predict import (
+    load_bundle,
+    localisation_errors,
+    predict_studies,
+    read_series_table,
+    summarise_localisation,
+)
+from spinegrade.synthetic import TEST_COORDINATES_CSV, TEST_LABELS_CSV
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--source", default="data/ingest/source.json", help="ingest's source.json")
+    parser.add_argument("--labels", default="data/ingest/labels.csv", help="ingest's label table")
+    parser.add_argument("--models", default="models", help="train-per-condition outputs")
+    parser.add_argument("--localizers", default="localizers", help="train-localizer outputs")
+    parser.add_argument(
+        "--selection", default="reports/compare-backbones.json", help="compare-backbones report"
+    )
+    parser.add_argument("--out", default="data/predict", help="output directory")
+    parser.add_argument("--report", default="reports/predict.json", help="report (DVC metric)")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        params = load_params(args.params)
+        cfg = params.predict
+        if params.train_per_condition.training.threads > 0:
+            torch.set_num_threads(params.train_per_condition.training.threads)
+        root = Path(json.loads(Path(args.source).read_text())["images_root"])
+        series = read_series_table(root / "test_series_descriptions.csv")
+        bundle = load_bundle(
+            args.models,
+            args.localizers,
+            args.selection,
+            args.labels,
+            params.train_per_condition,
+            params.crop_rois,
+        )
+        answers = root / TEST_LABELS_CSV
+        coordinates = root / TEST_COORDINATES_CSV
+        with atomic_dir(args.out) as tmp:
+            result = predict_studies(
+                root / "test_images",
+                series,
+                bundle.graders,
+                bundle.prior_solution,
+                bundle.crop,
+                localizers=bundle.localizers,
+                on_error=cfg.on_error,
+                explain_dir=tmp / "explain" if cfg.explain else None,
+            )
+            write_csv(tmp / "submission.csv", result.submission)
+            write_csv(tmp / "points.csv", result.points)
+            write_json(tmp / "selection.json", bundle.selection)
+            with atomic_path(tmp / "warnings.txt") as path:
+                path.write_text("".join(w + "\n" for w in result.warnings))
+            report: dict = {
+                "studies": series["study_id"].nunique(),
+                "rows": len(result.submission),
+                "points_found": len(result.points),
+                "warnings": len(result.warnings),
+            }
+            if answers.is_file() and coordinates.is_file():
+                coords = pd.read_csv(coordinates)
+                at_labels = predict_studies(
+                    root / "test_images",
+                    series,
+                    bundle.graders,
+                    bundle.prior_solution,
+                    bundle.crop,
+                    coordinates=coords,
+                    on_error=cfg.on_error,
+                )
+                write_csv(tmp / "submission_at_labelled_points.csv", at_labels.submission)
+                solution = solution_from_wide(read_labels(answers))
+                prior = class_prior_submission(
+                    bundle.prior_solution, sorted(solution["study_id"].unique())
+                )
+                errors = localisation_errors(result.points, at_labels.points)
+                write_csv(tmp / "localisation_errors.csv", errors)
+                report["rsna_score"] = {
+                    "localised": rsna_score(solution, result.submission),
+                    "labelled_points": rsna_score(solution, at_labels.submission),
+                    "class_prior": rsna_score(solution, prior),
+                }
+                report["localisation"] = summarise_localisation(errors)
+        write_json(args.report, report)
+
+        with tracking.child_run(
+            params.mlflow.experiment,
+            args.params,
+            [args.models, args.localizers],
+            "predict",
+            "predict",
+            tags={f"backbone.{g}": b for g, b in bundle.selection.items()},
+        ):
+            mlflow.log_params({"explain": cfg.explain, "on_error": cfg.on_error})
+            mlflow.log_metrics(tracking.numeric(report))
+            mlflow.log_artifact(args.report)
+            for name in ("submission.csv", "points.csv", "warnings.txt"):
+                mlflow.log_artifact(str(Path(args.out) / name))
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""DVC stage train-localizer: a heatmap model that finds one series type's level points.
+
+One job of the dvc.yaml matrix (series type: sagittal_t2, sagittal_t1, axial_t2). Builds
+samples from the labelled coordinates on the converted volumes, trains on every fold but
+the validation fold, keeps the epoch with the lowest validation loss, and measures its
+point error in mm (median, 90th percentile) and heatmap Dice on the validation studies.
+Logs the run as MLflow run localizer-{series} under the pipeline's parent run.
+Writes to --out: localizer.json (how to rebuild the model), weights.safetensors,
+history.csv, errors.csv (per validation point) and metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import mlflow
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from spinegrade import tracking
+from spinegrade.cli import run, setup_logging, stage_parser
+from spinegrade.config import load_params
+from spinegrade.io import atomic_dir, atomic_path, write_csv, write_json
+from spinegrade.localize import build_samples, point_spec, train_localizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--series", required=True, help="sagittal_t2 | sagittal_t1 | axial_t2")
+    parser.add_argument("--labels", default="data/ingest/labels.csv", help="ingest's label table")
+    parser.add_argument("--volumes", default="data/volumes", help="convert-dicom output")
+    parser.add_argument("--folds", default="data/folds.csv", help="split-folds output")
+    parser.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        params = load_params(args.params)
+        cfg = params.train_localizer
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        spec = point_spec(args.series)
+        inp = cfg.input_for(args.series)
+        samples = build_samples(
+            pd.read_csv(args.labels),
+            pd.read_csv(f"{args.volumes}/slices.csv"),
+            args.volumes,
+            spec,
+            inp,
+        )
+        with tracking.child_run(
+            params.mlflow.experiment,
+            args.params,
+            [args.volumes, args.folds],
+            f"localizer-{args.series}",
+            "localizer",
+            tags={"series": args.series},
+        ):
+            mlflow.log_params(
+                tracking.flatten(
+                    {k: v for k, v in dataclasses.asdict(cfg).items() if k != "inputs"}
+                    | {"input": dataclasses.asdict(inp)}
+                )
+            )
+
+            def log_epoch(row: dict) -> None:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
+
+            result = train_localizer(samples, pd.read_csv(args.folds), spec, cfg, log_epoch)
+            mlflow.log_metrics({f"final_{k}": float(v) for k, v in result.metrics.items()})
+            with atomic_dir(args.out) as tmp:
+                write_json(tmp / "localizer.json", result.meta)
+                with atomic_path(tmp / "weights.safetensors") as path:
+                    save_file(result.state, str(path))
+                write_csv(tmp / "history.csv", result.history)
+                write_csv(tmp / "errors.csv", result.errors)
+                write_json(tmp / "metrics.json", result.metrics)
+            mlflow.log_artifacts(args.out, "localizer")
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

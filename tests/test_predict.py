@@ -1,0 +1,342 @@
+"""spinegrade predict on tiny synthetic test studies: format, order, fallbacks, explain, CLI.
+
+The models here are small and untrained (what they predict is not the point): these tests
+check the plumbing around them. That trained models localise and grade well is measured by
+the predict stage (tests/test_pipeline.py on tiny data, reports/predict.json on the real
+run).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from spinegrade import vocab
+from spinegrade.commands import main as spinegrade_main
+from spinegrade.config import CropConfig, LocalizerInput
+from spinegrade.errors import DataError
+from spinegrade.evaluate import solution_from_labels
+from spinegrade.localize import HeatmapNet, Localizer, point_spec
+from spinegrade.models import create_backbone
+from spinegrade.predict import (
+    MAX_AXIAL_MM,
+    POINT_COLUMNS,
+    Grader,
+    localisation_errors,
+    predict_studies,
+    read_series_table,
+    select_backbones,
+    submission_rows,
+)
+from spinegrade.synthetic import TEST_COORDINATES_CSV
+
+CROP = CropConfig(slices=3, size_px=32)
+BACKBONE = "resnet18"
+INPUTS = {
+    "sagittal_t2": LocalizerInput(slices=3, step_mm=4.0, image_px=64, epochs=1),
+    "sagittal_t1": LocalizerInput(slices=5, step_mm=9.0, image_px=64, epochs=1),
+    "axial_t2": LocalizerInput(slices=3, step_mm=4.0, image_px=64, epochs=1),
+}
+
+
+def _localizers() -> dict[str, Localizer]:
+    torch.manual_seed(0)
+    out = {}
+    for slug, inp in INPUTS.items():
+        spec = point_spec(slug)
+        model = HeatmapNet("mobilenetv2_100", inp.slices, len(spec.keys), 8).eval()
+        out[slug] = Localizer(model, spec, inp)
+    return out
+
+
+def _graders() -> dict[str, Grader]:
+    torch.manual_seed(0)
+    return {
+        g: Grader(
+            g, BACKBONE, [create_backbone(BACKBONE, CROP.slices, CROP.size_px).eval()], None, None
+        )
+        for g in vocab.GROUPS
+    }
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_ingest):
+    return _localizers(), _graders(), solution_from_labels(tiny_ingest.labels)
+
+
+@pytest.fixture(scope="module")
+def predicted(tiny_dataset, bundle, tmp_path_factory):
+    localizers, graders, prior = bundle
+    series = read_series_table(tiny_dataset / "test_series_descriptions.csv")
+    explain = tmp_path_factory.mktemp("explain")
+    result = predict_studies(
+        tiny_dataset / "test_images",
+        series,
+        graders,
+        prior,
+        CROP,
+        localizers=localizers,
+        explain_dir=explain,
+    )
+    return series, result, explain
+
+
+def _expected_ids(study_ids) -> list[str]:
+    return [
+        vocab.row_id(s, c, lv) for s in study_ids for c in vocab.CONDITIONS for lv in vocab.LEVELS
+    ]
+
+
+def test_submission_has_25_rows_per_study_in_sample_submission_order(predicted):
+    series, result, _ = predicted
+    sub = result.submission
+    studies = list(dict.fromkeys(series["study_id"]))
+    assert list(sub.columns) == list(vocab.SUBMISSION_HEADER)
+    assert sub["row_id"].tolist() == _expected_ids(studies)
+    proba = sub[list(vocab.SEVERITY_COLUMNS)].to_numpy()
+    assert np.isfinite(proba).all() and (proba >= 0).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_sagittal_levels_are_localised_and_axial_levels_projected(predicted):
+    series, result, _ = predicted
+    pts = result.points
+    assert list(pts.columns) == POINT_COLUMNS
+    for study, rows in pts.groupby("study_id"):
+        types = set(series.loc[series["study_id"] == study, "series_description"])
+        sagittal = rows[~rows["condition"].isin(vocab.GROUPS["subarticular"].conditions)]
+        expected = 5 * (vocab.SAGITTAL_T2 in types) + 10 * (vocab.SAGITTAL_T1 in types)
+        assert len(sagittal) == expected
+        got = set(zip(rows["condition"], rows["level"], strict=True))
+        assert len(got) == len(rows), "a (condition, level) localised twice"
+        # Each axial point sits on the slice its level's spinal point projects onto.
+        spinal = rows[rows["condition"] == vocab.CONDITIONS[0]].set_index("level")
+        axial = rows[rows["condition"].isin(vocab.GROUPS["subarticular"].conditions)]
+        for r in axial.itertuples(index=False):
+            assert r.level in vocab.LEVELS
+            if r.level in spinal.index:
+                s = spinal.loc[r.level]
+                ortho = np.array([s.wx, s.wy, s.wz]) - np.array([r.wx, r.wy, r.wz])
+                assert abs(ortho[2]) < MAX_AXIAL_MM + 6.0  # near-axial planes: mostly z
+
+
+def test_explain_writes_one_png_per_graded_row(predicted):
+    _, result, explain = predicted
+    pngs = sorted(explain.rglob("*.png"))
+    assert len(pngs) == len(result.points)
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ids = {p.stem for p in pngs}
+    assert ids <= set(result.submission["row_id"])
+
+
+def test_study_missing_a_series_type_gets_the_prior_and_a_warning(tiny_dataset, bundle, tmp_path):
+    localizers, graders, prior = bundle
+    series = read_series_table(tiny_dataset / "test_series_descriptions.csv")
+    study = int(series["study_id"].iloc[0])
+    dropped = series[
+        ~((series["study_id"] == study) & (series["series_description"] == vocab.SAGITTAL_T1))
+    ]
+    result = predict_studies(
+        tiny_dataset / "test_images", dropped, graders, prior, CROP, localizers=localizers
+    )
+    sub = result.submission.set_index("row_id")
+    assert len(sub) == 25 * series["study_id"].nunique()
+    assert any(str(study) in w and vocab.SAGITTAL_T1 in w for w in result.warnings)
+    from spinegrade.metrics import class_prior_submission
+
+    expected = class_prior_submission(prior, [study]).set_index("row_id")
+    foraminal = [vocab.row_id(study, c, lv) for c in vocab.CONDITIONS[1:3] for lv in vocab.LEVELS]
+    pd.testing.assert_frame_equal(
+        sub.loc[foraminal], expected.loc[foraminal, list(vocab.SEVERITY_COLUMNS)], atol=1e-12
+    )
+    # The study's other groups are still graded (not the prior).
+    spinal = vocab.row_id(study, vocab.CONDITIONS[0], "l1_l2")
+    assert not np.allclose(sub.loc[spinal].to_numpy(), expected.loc[spinal].to_numpy())
+
+
+def test_corrupt_file_is_named_and_skipped_or_raised(tiny_dataset, bundle, tmp_path):
+    localizers, graders, prior = bundle
+    images = tmp_path / "test_images"
+    shutil.copytree(tiny_dataset / "test_images", images)
+    series = read_series_table(tiny_dataset / "test_series_descriptions.csv")
+    r = series.iloc[0]
+    bad = sorted((images / str(r.study_id) / str(r.series_id)).glob("*.dcm"))[0]
+    bad.write_bytes(b"not a dicom file")
+    result = predict_studies(images, series, graders, prior, CROP, localizers=localizers)
+    assert any(str(bad) in w for w in result.warnings), result.warnings
+    assert len(result.submission) == 25 * series["study_id"].nunique()
+    from spinegrade.errors import DicomError
+
+    with pytest.raises(DicomError, match=bad.name):
+        predict_studies(
+            images, series, graders, prior, CROP, localizers=localizers, on_error="raise"
+        )
+
+
+def test_labelled_coordinates_path_crops_at_the_labels(tiny_dataset, bundle, predicted):
+    _, graders, prior = bundle
+    series, found, _ = predicted
+    coords = pd.read_csv(tiny_dataset / TEST_COORDINATES_CSV)
+    result = predict_studies(
+        tiny_dataset / "test_images", series, graders, prior, CROP, coordinates=coords
+    )
+    assert len(result.points) == len(coords)
+    assert (result.points["source"] == "labels").all()
+    errors = localisation_errors(found.points, result.points)
+    assert len(errors) > 0 and (errors["error_mm"] >= 0).all()
+    assert set(errors["group"]) <= set(vocab.GROUPS)
+    # A point compared with itself is 0 mm away.
+    assert (localisation_errors(result.points, result.points)["error_mm"] == 0).all()
+
+
+def test_submission_rows_fill_ungraded_rows_with_the_prior_and_renormalise():
+    graded = pd.DataFrame(
+        {
+            "row_id": [vocab.row_id(5, vocab.CONDITIONS[0], "l1_l2")],
+            "normal_mild": [2.0],
+            "moderate": [1.0],
+            "severe": [1.0],
+        }
+    )
+    ids = _expected_ids([5, 3])
+    prior = pd.DataFrame({"row_id": ids, "normal_mild": 0.5, "moderate": 0.3, "severe": 0.2})
+    out = submission_rows([5, 3], graded, prior)
+    assert out["row_id"].tolist() == ids
+    assert out.iloc[0][list(vocab.SEVERITY_COLUMNS)].tolist() == [0.5, 0.25, 0.25]
+    assert out.iloc[1:][list(vocab.SEVERITY_COLUMNS)].eq([0.5, 0.3, 0.2]).all().all()
+
+
+def test_select_backbones_picks_the_lowest_group_term():
+    comparison = {
+        "spinal.a": {"rsna_group_term": 0.3},
+        "spinal.b": {"rsna_group_term": 0.2},
+        "foraminal.a": {"rsna_group_term": 0.1},
+    }
+    assert select_backbones(comparison, ["spinal", "foraminal"]) == {
+        "spinal": "b",
+        "foraminal": "a",
+    }
+    with pytest.raises(DataError, match="subarticular"):
+        select_backbones(comparison, ["subarticular"])
+
+
+def test_series_csv_errors_name_the_file_and_row(tmp_path):
+    bad = tmp_path / "series.csv"
+    bad.write_text("study_id,series\n1,2\n")
+    with pytest.raises(DataError, match="wrong header"):
+        read_series_table(bad)
+    bad.write_text("study_id,series_id,series_description\n1,2,Axial T2\n1,3,Coronal T1\n")
+    with pytest.raises(DataError, match=r"line 3.*Coronal T1"):
+        read_series_table(bad)
+
+
+def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
+    """Model files as a finished `dvc repro` leaves them (untrained weights)."""
+    torch.manual_seed(0)
+    comparison = {}
+    for g in vocab.GROUPS:
+        d = root / "models" / g / BACKBONE
+        d.mkdir(parents=True)
+        save_file(
+            create_backbone(BACKBONE, CROP.slices, CROP.size_px).state_dict(),
+            str(d / "fold0.safetensors"),
+        )
+        comparison[f"{g}.{BACKBONE}"] = {"rsna_group_term": 0.5}
+    for slug, loc in _localizers().items():
+        d = root / "localizers" / slug
+        d.mkdir(parents=True)
+        meta = {
+            "series": slug,
+            "encoder": "mobilenetv2_100",
+            "in_chans": loc.inp.slices,
+            "n_points": len(loc.spec.keys),
+            "decoder_channels": 8,
+            "input": {
+                "slices": loc.inp.slices,
+                "step_mm": loc.inp.step_mm,
+                "image_px": loc.inp.image_px,
+                "epochs": 1,
+            },
+        }
+        (d / "localizer.json").write_text(json.dumps(meta))
+        state = {k: v.contiguous() for k, v in loc.model.state_dict().items()}
+        save_file(state, str(d / "weights.safetensors"))
+    (root / "compare.json").write_text(json.dumps(comparison))
+    tiny_ingest.labels.to_csv(root / "labels.csv", index=False)
+    params = {
+        "crop-rois": {"slices": CROP.slices, "size_px": CROP.size_px},
+        "train-per-condition": {"backbones": [BACKBONE], "training": {"threads": 1}},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return {"root": root}
+
+
+def test_predict_command_writes_a_submission(tiny_dataset, tiny_ingest, tmp_path, capsys):
+    _write_models(tmp_path, tiny_ingest)
+    out = tmp_path / "out" / "submission.csv"
+    args = [
+        "predict",
+        "--images",
+        str(tiny_dataset / "test_images"),
+        "--series",
+        str(tiny_dataset / "test_series_descriptions.csv"),
+        "--out",
+        str(out),
+        "--models",
+        str(tmp_path / "models"),
+        "--localizers",
+        str(tmp_path / "localizers"),
+        "--selection",
+        str(tmp_path / "compare.json"),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--points",
+        str(tmp_path / "points.csv"),
+        "--explain",
+        str(tmp_path / "explain"),
+    ]
+    assert spinegrade_main(args) == 0
+    sub = pd.read_csv(out)
+    n = pd.read_csv(tiny_dataset / "test_series_descriptions.csv")["study_id"].nunique()
+    assert len(sub) == 25 * n and list(sub.columns) == list(vocab.SUBMISSION_HEADER)
+    assert "wrote" in capsys.readouterr().out
+    assert len(list((tmp_path / "explain").rglob("*.png"))) == len(
+        pd.read_csv(tmp_path / "points.csv")
+    )
+
+
+def test_predict_command_errors_are_one_clear_line(tiny_dataset, tiny_ingest, tmp_path, caplog):
+    _write_models(tmp_path, tiny_ingest)
+    base = [
+        "predict",
+        "--images",
+        str(tiny_dataset / "test_images"),
+        "--series",
+        str(tiny_dataset / "test_series_descriptions.csv"),
+        "--out",
+        str(tmp_path / "s.csv"),
+        "--models",
+        str(tmp_path / "models"),
+        "--localizers",
+        str(tmp_path / "localizers"),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+    ]
+    assert spinegrade_main([*base, "--selection", str(tmp_path / "missing.json")]) == 1
+    assert "missing.json" in caplog.text and "dvc repro" in caplog.text
+    shutil.rmtree(tmp_path / "localizers" / "axial_t2")
+    assert spinegrade_main([*base, "--selection", str(tmp_path / "compare.json")]) == 1
+    assert "axial_t2" in caplog.text
+    assert not (tmp_path / "s.csv").exists()
