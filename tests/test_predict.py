@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import assert_no_identifiers, header_identifiers
 from safetensors.torch import save_file
 
 from spinegrade import vocab
@@ -30,11 +31,13 @@ from spinegrade.predict import (
     MAX_AXIAL_MM,
     POINT_COLUMNS,
     Grader,
+    grad_cam,
     localisation_errors,
     predict_studies,
     read_series_table,
     select_backbones,
     submission_rows,
+    summarise_localisation,
 )
 from spinegrade.synthetic import TEST_COORDINATES_CSV
 
@@ -193,8 +196,11 @@ def test_labelled_coordinates_path_crops_at_the_labels(tiny_dataset, bundle, pre
     errors = localisation_errors(found.points, result.points)
     assert len(errors) > 0 and (errors["error_mm"] >= 0).all()
     assert set(errors["group"]) <= set(vocab.GROUPS)
-    # A point compared with itself is 0 mm away.
-    assert (localisation_errors(result.points, result.points)["error_mm"] == 0).all()
+    # A point compared with itself is 0 mm away, on the same slice.
+    same = localisation_errors(result.points, result.points)
+    assert (same["error_mm"] == 0).all()
+    summary = summarise_localisation(same)
+    assert summary["all"]["slice_exact"] == 1.0 and summary["all"]["points"] == len(coords)
 
 
 def test_submission_rows_fill_ungraded_rows_with_the_prior_and_renormalise():
@@ -340,3 +346,34 @@ def test_predict_command_errors_are_one_clear_line(tiny_dataset, tiny_ingest, tm
     assert spinegrade_main([*base, "--selection", str(tmp_path / "compare.json")]) == 1
     assert "axial_t2" in caplog.text
     assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs"),
+    [
+        ("resnet50", {}),
+        ("convnext_tiny", {"ls_init_value": 1.0}),
+        ("swin_tiny_patch4_window7_224", {"window_size": 3}),  # channels-last features
+    ],
+)
+def test_grad_cam_of_each_default_backbone(backbone, kwargs):
+    torch.manual_seed(0)
+    model = create_backbone(backbone, 3, 48, kwargs).eval()
+    x = torch.randn(1, 3, 48, 48)
+    cams = [grad_cam(model, x, target) for target in range(3)]
+    for cam in cams:
+        assert cam.shape == (48, 48) and np.isfinite(cam).all()
+        assert cam.min() >= 0 and cam.max() <= 1
+    assert any(cam.max() == pytest.approx(1.0) for cam in cams)
+    assert all(p.grad is None for p in model.parameters()), "Grad-CAM left gradients behind"
+
+
+def test_predict_outputs_carry_no_patient_identifiers(tiny_dataset, predicted):
+    _, result, explain = predicted
+    out = explain.parent / "tables"
+    out.mkdir(exist_ok=True)
+    result.submission.to_csv(out / "submission.csv", index=False)
+    result.points.to_csv(out / "points.csv", index=False)
+    (out / "warnings.txt").write_text("\n".join(result.warnings))
+    files = [*out.iterdir(), *explain.rglob("*.png")]
+    assert_no_identifiers(files, header_identifiers(tiny_dataset))

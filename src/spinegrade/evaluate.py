@@ -17,7 +17,12 @@ import numpy as np
 import pandas as pd
 
 from spinegrade import vocab
-from spinegrade.metrics import class_prior_submission, classification_metrics, rsna_score
+from spinegrade.metrics import (
+    class_prior_submission,
+    classification_metrics,
+    rsna_score,
+    solution_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,27 +30,14 @@ PROBA = list(vocab.SEVERITY_COLUMNS)
 
 
 def solution_from_labels(labels: pd.DataFrame) -> pd.DataFrame:
-    """The long label table -> solution rows (row_id, study_id, condition, level, group,
-    target, weight), as metrics.solution_from_wide builds them from train.csv."""
+    """The long label table -> solution rows (metrics.SOLUTION_COLUMNS), as
+    metrics.solution_from_wide builds them from train.csv."""
     target = labels["severity"].map(vocab.SEVERITY_INDEX)
     if target.isna().any():
         bad = labels.loc[target.isna(), "severity"].unique().tolist()
         raise ValueError(f"unknown severities in the label table: {bad}")
-    return pd.DataFrame(
-        {
-            "row_id": [
-                vocab.row_id(s, c, lv)
-                for s, c, lv in zip(
-                    labels["study_id"], labels["condition"], labels["level"], strict=True
-                )
-            ],
-            "study_id": labels["study_id"].astype("int64").to_numpy(),
-            "condition": labels["condition"].to_numpy(),
-            "level": labels["level"].to_numpy(),
-            "group": labels["condition"].map(vocab.GROUP_OF_CONDITION).to_numpy(),
-            "target": target.astype(int).to_numpy(),
-            "weight": np.asarray(vocab.SEVERITY_WEIGHTS)[target.astype(int)],
-        }
+    return solution_rows(
+        labels["study_id"].to_numpy(), labels["condition"], labels["level"], target.astype(int)
     )
 
 

@@ -121,13 +121,26 @@ def solution_from_wide(train: pd.DataFrame) -> pd.DataFrame:
     conditions = [_CELLS[c][0] for c in rows_c]
     levels = [_CELLS[c][1] for c in rows_c]
     target = np.array([vocab.SEVERITY_INDEX[v] for v in cells[rows_s, rows_c]], dtype=np.int64)
+    return solution_rows(studies[rows_s], conditions, levels, target)
+
+
+def solution_rows(
+    study_ids: Sequence[int] | np.ndarray,
+    conditions: Sequence[str],
+    levels: Sequence[str],
+    target: Sequence[int] | np.ndarray,
+) -> pd.DataFrame:
+    """Solution rows (``SOLUTION_COLUMNS``) of labelled cells given as parallel sequences:
+    study id, condition slug, level slug and class index 0/1/2."""
+    studies = np.asarray(study_ids, dtype=np.int64)
+    target = np.asarray(target, dtype=np.int64)
+    conditions, levels = list(conditions), list(levels)
     return pd.DataFrame(
         {
             "row_id": [
-                vocab.row_id(studies[s], c, lv)
-                for s, c, lv in zip(rows_s, conditions, levels, strict=True)
+                vocab.row_id(s, c, lv) for s, c, lv in zip(studies, conditions, levels, strict=True)
             ],
-            "study_id": studies[rows_s].astype(np.int64),
+            "study_id": studies,
             "condition": conditions,
             "level": levels,
             "group": [vocab.GROUP_OF_CONDITION[c] for c in conditions],

@@ -418,15 +418,14 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     Swin's) are moved to channels-first first.
     """
     model.eval()
-    with torch.enable_grad():
+    channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
+    with torch.no_grad():
         feats = model.forward_features(x)
-        if getattr(model, "output_fmt", "NCHW") == "NHWC":
-            feats = feats.permute(0, 3, 1, 2)
-        feats = feats.detach().requires_grad_(True)
-        head_in = (
-            feats.permute(0, 2, 3, 1) if getattr(model, "output_fmt", "NCHW") == "NHWC" else feats
-        )
-        logits = model.forward_head(head_in)
+    if channels_last:
+        feats = feats.permute(0, 3, 1, 2)
+    feats = feats.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model.forward_head(feats.permute(0, 2, 3, 1) if channels_last else feats)
         (grad,) = torch.autograd.grad(logits[0, target], feats)
     weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * feats).sum(dim=1, keepdim=True))
@@ -465,15 +464,18 @@ def write_explanations(
         target = int(np.argmax(proba))
         cam = grad_cam(grader.models[0], x, target)
         image = crops[i, crops.shape[1] // 2]
-        fig, ax = plt.subplots(figsize=(3.2, 3.4))
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-        ax.set_title(
-            f"{row['row_id']}\n"
+        fig, (left, right) = plt.subplots(1, 2, figsize=(5.2, 2.9))
+        for ax in (left, right):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.axis("off")
+        right.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
+        left.set_title("crop (centre slice)", fontsize=7)
+        right.set_title("Grad-CAM", fontsize=7)
+        fig.suptitle(
+            f"{row['row_id']}: "
             f"{vocab.SEVERITIES[target]} p={proba[target]:.2f} ({grader.backbone})",
-            fontsize=6,
+            fontsize=7,
         )
-        ax.axis("off")
         fig.tight_layout()
         path = Path(out_dir) / str(points.loc[i, "study_id"]) / f"{row['row_id']}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -584,13 +586,15 @@ def localisation_errors(found: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataF
 
 
 def summarise_localisation(errors: pd.DataFrame) -> dict:
-    """Median and 90th percentile point error (mm) overall and per group."""
+    """Median and 90th percentile point error (mm), and the share of points found on the
+    labelled series and slice, overall and per group."""
 
     def stats(e: pd.DataFrame) -> dict:
         return {
             "points": len(e),
             "error_mm_median": float(e["error_mm"].median()) if len(e) else 0.0,
             "error_mm_p90": float(e["error_mm"].quantile(0.9)) if len(e) else 0.0,
+            "slice_exact": float((e["slice_error"] == 0).mean()) if len(e) else 0.0,
         }
 
     return {"all": stats(errors), **{g: stats(errors[errors["group"] == g]) for g in vocab.GROUPS}}
