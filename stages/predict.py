@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             result = predict_studies(
                 root / "test_images",
                 series,
-                bundle.graders,
-                bundle.prior_solution,
-                bundle.crop,
-                localizers=bundle.localizers,
+                bundle,
                 on_error=cfg.on_error,
                 explain_dir=tmp / "explain" if cfg.explain else None,
             )
@@ -92,13 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             if answers.is_file() and coordinates.is_file():
                 coords = pd.read_csv(coordinates)
                 at_labels = predict_studies(
-                    root / "test_images",
-                    series,
-                    bundle.graders,
-                    bundle.prior_solution,
-                    bundle.crop,
-                    coordinates=coords,
-                    on_error=cfg.on_error,
+                    root / "test_images", series, bundle, coordinates=coords, on_error=cfg.on_error
                 )
                 write_csv(tmp / "submission_at_labelled_points.csv", at_labels.submission)
                 solution = solution_from_wide(read_labels(answers))

@@ -64,6 +64,16 @@ def test_params_file_lists_every_default_key():
         ),
         ("split-folds:\n  n_folds: 1\n", r"n_folds must be at least 2"),
         ("- a list\n", r"mapping at the top level"),
+        ("train-localizer:\n  series: [coronal]\n", r"train-localizer: unknown series.*coronal"),
+        (
+            "train-localizer:\n  inputs: {axial_t2: {slices: 2}}\n",
+            r"train-localizer\.inputs\.axial_t2: slices must be odd",
+        ),
+        (
+            "train-localizer:\n  inputs: {axial_t2: {image_px: 100}}\n",
+            r"train-localizer\.inputs\.axial_t2: image_px must be a multiple of 32",
+        ),
+        ("predict:\n  on_error: ignore\n", r"predict\.on_error: expected one of"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, match):

@@ -30,6 +30,7 @@ from spinegrade.models import create_backbone
 from spinegrade.predict import (
     MAX_AXIAL_MM,
     POINT_COLUMNS,
+    Bundle,
     Grader,
     grad_cam,
     localisation_errors,
@@ -71,24 +72,16 @@ def _graders() -> dict[str, Grader]:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_ingest):
-    return _localizers(), _graders(), solution_from_labels(tiny_ingest.labels)
+def bundle(tiny_ingest) -> Bundle:
+    prior = solution_from_labels(tiny_ingest.labels)
+    return Bundle(_graders(), _localizers(), prior, CROP, {g: BACKBONE for g in vocab.GROUPS})
 
 
 @pytest.fixture(scope="module")
 def predicted(tiny_dataset, bundle, tmp_path_factory):
-    localizers, graders, prior = bundle
     series = read_series_table(tiny_dataset / "test_series_descriptions.csv")
     explain = tmp_path_factory.mktemp("explain")
-    result = predict_studies(
-        tiny_dataset / "test_images",
-        series,
-        graders,
-        prior,
-        CROP,
-        localizers=localizers,
-        explain_dir=explain,
-    )
+    result = predict_studies(tiny_dataset / "test_images", series, bundle, explain_dir=explain)
     return series, result, explain
 
 
@@ -141,21 +134,18 @@ def test_explain_writes_one_png_per_graded_row(predicted):
 
 
 def test_study_missing_a_series_type_gets_the_prior_and_a_warning(tiny_dataset, bundle, tmp_path):
-    localizers, graders, prior = bundle
     series = read_series_table(tiny_dataset / "test_series_descriptions.csv")
     study = int(series["study_id"].iloc[0])
     dropped = series[
         ~((series["study_id"] == study) & (series["series_description"] == vocab.SAGITTAL_T1))
     ]
-    result = predict_studies(
-        tiny_dataset / "test_images", dropped, graders, prior, CROP, localizers=localizers
-    )
+    result = predict_studies(tiny_dataset / "test_images", dropped, bundle)
     sub = result.submission.set_index("row_id")
     assert len(sub) == 25 * series["study_id"].nunique()
     assert any(str(study) in w and vocab.SAGITTAL_T1 in w for w in result.warnings)
     from spinegrade.metrics import class_prior_submission
 
-    expected = class_prior_submission(prior, [study]).set_index("row_id")
+    expected = class_prior_submission(bundle.prior_solution, [study]).set_index("row_id")
     foraminal = [vocab.row_id(study, c, lv) for c in vocab.CONDITIONS[1:3] for lv in vocab.LEVELS]
     pd.testing.assert_frame_equal(
         sub.loc[foraminal], expected.loc[foraminal, list(vocab.SEVERITY_COLUMNS)], atol=1e-12
@@ -166,31 +156,25 @@ def test_study_missing_a_series_type_gets_the_prior_and_a_warning(tiny_dataset, 
 
 
 def test_corrupt_file_is_named_and_skipped_or_raised(tiny_dataset, bundle, tmp_path):
-    localizers, graders, prior = bundle
     images = tmp_path / "test_images"
     shutil.copytree(tiny_dataset / "test_images", images)
     series = read_series_table(tiny_dataset / "test_series_descriptions.csv")
     r = series.iloc[0]
     bad = sorted((images / str(r.study_id) / str(r.series_id)).glob("*.dcm"))[0]
     bad.write_bytes(b"not a dicom file")
-    result = predict_studies(images, series, graders, prior, CROP, localizers=localizers)
+    result = predict_studies(images, series, bundle)
     assert any(str(bad) in w for w in result.warnings), result.warnings
     assert len(result.submission) == 25 * series["study_id"].nunique()
     from spinegrade.errors import DicomError
 
     with pytest.raises(DicomError, match=bad.name):
-        predict_studies(
-            images, series, graders, prior, CROP, localizers=localizers, on_error="raise"
-        )
+        predict_studies(images, series, bundle, on_error="raise")
 
 
 def test_labelled_coordinates_path_crops_at_the_labels(tiny_dataset, bundle, predicted):
-    _, graders, prior = bundle
     series, found, _ = predicted
     coords = pd.read_csv(tiny_dataset / TEST_COORDINATES_CSV)
-    result = predict_studies(
-        tiny_dataset / "test_images", series, graders, prior, CROP, coordinates=coords
-    )
+    result = predict_studies(tiny_dataset / "test_images", series, bundle, coordinates=coords)
     assert len(result.points) == len(coords)
     assert (result.points["source"] == "labels").all()
     errors = localisation_errors(found.points, result.points)
@@ -285,32 +269,33 @@ def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
     return {"root": root}
 
 
+def _cli(tiny_dataset: Path, tmp_path: Path, **options: str) -> list[str]:
+    """``spinegrade predict`` arguments pointing at _write_models' files; ``options``
+    (name -> value, underscores for dashes) override or add."""
+    args = {
+        "images": str(tiny_dataset / "test_images"),
+        "series": str(tiny_dataset / "test_series_descriptions.csv"),
+        "out": str(tmp_path / "s.csv"),
+        "models": str(tmp_path / "models"),
+        "localizers": str(tmp_path / "localizers"),
+        "selection": str(tmp_path / "compare.json"),
+        "labels": str(tmp_path / "labels.csv"),
+        "params": str(tmp_path / "params.yaml"),
+        **options,
+    }
+    return ["predict", *(x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v))]
+
+
 def test_predict_command_writes_a_submission(tiny_dataset, tiny_ingest, tmp_path, capsys):
     _write_models(tmp_path, tiny_ingest)
     out = tmp_path / "out" / "submission.csv"
-    args = [
-        "predict",
-        "--images",
-        str(tiny_dataset / "test_images"),
-        "--series",
-        str(tiny_dataset / "test_series_descriptions.csv"),
-        "--out",
-        str(out),
-        "--models",
-        str(tmp_path / "models"),
-        "--localizers",
-        str(tmp_path / "localizers"),
-        "--selection",
-        str(tmp_path / "compare.json"),
-        "--labels",
-        str(tmp_path / "labels.csv"),
-        "--params",
-        str(tmp_path / "params.yaml"),
-        "--points",
-        str(tmp_path / "points.csv"),
-        "--explain",
-        str(tmp_path / "explain"),
-    ]
+    args = _cli(
+        tiny_dataset,
+        tmp_path,
+        out=str(out),
+        points=str(tmp_path / "points.csv"),
+        explain=str(tmp_path / "explain"),
+    )
     assert spinegrade_main(args) == 0
     sub = pd.read_csv(out)
     n = pd.read_csv(tiny_dataset / "test_series_descriptions.csv")["study_id"].nunique()
@@ -323,27 +308,10 @@ def test_predict_command_writes_a_submission(tiny_dataset, tiny_ingest, tmp_path
 
 def test_predict_command_errors_are_one_clear_line(tiny_dataset, tiny_ingest, tmp_path, caplog):
     _write_models(tmp_path, tiny_ingest)
-    base = [
-        "predict",
-        "--images",
-        str(tiny_dataset / "test_images"),
-        "--series",
-        str(tiny_dataset / "test_series_descriptions.csv"),
-        "--out",
-        str(tmp_path / "s.csv"),
-        "--models",
-        str(tmp_path / "models"),
-        "--localizers",
-        str(tmp_path / "localizers"),
-        "--labels",
-        str(tmp_path / "labels.csv"),
-        "--params",
-        str(tmp_path / "params.yaml"),
-    ]
-    assert spinegrade_main([*base, "--selection", str(tmp_path / "missing.json")]) == 1
-    assert "missing.json" in caplog.text and "dvc repro" in caplog.text
+    assert spinegrade_main(_cli(tiny_dataset, tmp_path, selection=str(tmp_path / "x.json"))) == 1
+    assert "x.json" in caplog.text and "dvc repro" in caplog.text
     shutil.rmtree(tmp_path / "localizers" / "axial_t2")
-    assert spinegrade_main([*base, "--selection", str(tmp_path / "compare.json")]) == 1
+    assert spinegrade_main(_cli(tiny_dataset, tmp_path)) == 1
     assert "axial_t2" in caplog.text
     assert not (tmp_path / "s.csv").exists()
 

@@ -149,14 +149,7 @@ def predict_command(args: argparse.Namespace) -> None:
         params.crop_rois,
     )
     result = predict_studies(
-        args.images,
-        series,
-        bundle.graders,
-        bundle.prior_solution,
-        bundle.crop,
-        localizers=bundle.localizers,
-        on_error=args.on_error,
-        explain_dir=args.explain,
+        args.images, series, bundle, on_error=args.on_error, explain_dir=args.explain
     )
     write_csv(args.out, result.submission)
     if args.points:

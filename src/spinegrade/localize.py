@@ -342,12 +342,8 @@ def build_samples(
     rows = rows.astype({"study_id": "int64", "series_id": "int64", "stack": "int64"})
     samples: list[Sample] = []
     volumes_dir = Path(volumes_dir)
-    for key, grp in tqdm(rows.groupby(by, sort=True), desc=f"samples {spec.series}", unit="sample"):
-        study, series, stack_k = (
-            int(grp["study_id"].iloc[0]),
-            int(key[by.index("series_id")]),
-            int(key[by.index("stack")]),
-        )
+    for _, grp in tqdm(rows.groupby(by, sort=True), desc=f"samples {spec.series}", unit="sample"):
+        study, series, stack_k = (int(grp[c].iloc[0]) for c in ("study_id", "series_id", "stack"))
         stack = load_stack(volumes_dir / str(study) / str(series), stack_k)
         centre = None if spec.per_level else int(grp["slice"].iloc[0])
         s = make_sample(stack, normalise_stack(stack.pixels), centre, inp, len(keys))

@@ -501,10 +501,7 @@ class PredictResult:
 def predict_studies(
     images_dir: str | Path,
     series: pd.DataFrame,
-    graders: dict[str, Grader],
-    prior_solution: pd.DataFrame,
-    crop: CropConfig,
-    localizers: dict[str, Localizer] | None = None,
+    bundle: Bundle,
     coordinates: pd.DataFrame | None = None,
     on_error: str = "skip",
     explain_dir: str | Path | None = None,
@@ -514,17 +511,13 @@ def predict_studies(
     Args:
         images_dir: ``test_images``-style tree: {study}/{series}/{instance}.dcm.
         series: study_id, series_id, series_description rows.
-        graders: per group, the chosen backbone (load_graders).
-        prior_solution: training labels as a solution table, for the class prior.
-        crop: crop geometry the graders were trained on (crop-rois params).
-        localizers: per series type slug, a Localizer; or
+        bundle: graders, localisers, class prior and crop geometry (load_bundle).
         coordinates: labelled coordinates (train_label_coordinates format) to crop at
             instead of localising (to measure what localisation costs).
         on_error: ``skip`` a corrupt file with a warning naming it, or ``raise``.
         explain_dir: write a Grad-CAM PNG per graded row under it.
     """
-    if (localizers is None) == (coordinates is None):
-        raise ValueError("give exactly one of localizers and coordinates")
+    graders, crop = bundle.graders, bundle.crop
     study_ids = list(dict.fromkeys(series["study_id"].astype("int64").tolist()))
     warnings: list[str] = []
 
@@ -535,8 +528,8 @@ def predict_studies(
     graded_all, points_all = [], []
     for study in tqdm(study_ids, desc="predict", unit="study"):
         vols = read_study(images_dir, study, series[series["study_id"] == study], on_error, warn)
-        if localizers is not None:
-            points = localise_study(vols, localizers, warn)
+        if coordinates is None:
+            points = localise_study(vols, bundle.localizers, warn)
         else:
             points = points_from_coordinates(vols, coordinates[coordinates["study_id"] == study])
         if not len(points):
@@ -551,7 +544,7 @@ def predict_studies(
         if graded_all
         else pd.DataFrame(columns=["row_id", *PROBA])
     )
-    prior = class_prior_submission(prior_solution, study_ids)
+    prior = class_prior_submission(bundle.prior_solution, study_ids)
     submission = submission_rows(study_ids, graded, prior)
     prior_rows = len(submission) - int(submission["row_id"].isin(graded["row_id"]).sum())
     if prior_rows:
