@@ -67,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         answers = root / TEST_LABELS_CSV
         coordinates = root / TEST_COORDINATES_CSV
+        known = answers.is_file() and coordinates.is_file()
         with atomic_dir(args.out) as tmp:
             result = predict_studies(
                 root / "test_images",
                 series,
                 bundle,
+                coordinates=pd.read_csv(coordinates) if known else None,
                 on_error=cfg.on_error,
                 explain_dir=tmp / "explain" if cfg.explain else None,
             )
@@ -86,11 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 "points_found": len(result.points),
                 "warnings": len(result.warnings),
             }
-            if answers.is_file() and coordinates.is_file():
-                coords = pd.read_csv(coordinates)
-                at_labels = predict_studies(
-                    root / "test_images", series, bundle, coordinates=coords, on_error=cfg.on_error
-                )
+            if known:
+                at_labels = result.at_labels
                 write_csv(tmp / "submission_at_labelled_points.csv", at_labels.submission)
                 solution = solution_from_wide(read_labels(answers))
                 prior = class_prior_submission(

@@ -171,12 +171,16 @@ def test_corrupt_file_is_named_and_skipped_or_raised(tiny_dataset, bundle, tmp_p
         predict_studies(images, series, bundle, on_error="raise")
 
 
-def test_labelled_coordinates_path_crops_at_the_labels(tiny_dataset, bundle, predicted):
+def test_labelled_coordinates_are_graded_from_the_same_read(tiny_dataset, bundle, predicted):
     series, found, _ = predicted
     coords = pd.read_csv(tiny_dataset / TEST_COORDINATES_CSV)
-    result = predict_studies(tiny_dataset / "test_images", series, bundle, coordinates=coords)
+    both = predict_studies(tiny_dataset / "test_images", series, bundle, coordinates=coords)
+    pd.testing.assert_frame_equal(both.submission, found.submission)  # localised: unchanged
+    result = both.at_labels
     assert len(result.points) == len(coords)
     assert (result.points["source"] == "labels").all()
+    assert result.submission["row_id"].tolist() == found.submission["row_id"].tolist()
+    assert found.at_labels is None
     errors = localisation_errors(found.points, result.points)
     assert len(errors) > 0 and (errors["error_mm"] >= 0).all()
     assert set(errors["group"]) <= set(vocab.GROUPS)

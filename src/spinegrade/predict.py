@@ -491,11 +491,15 @@ def write_explanations(
 
 @dataclass
 class PredictResult:
-    """A submission (25 rows per study), the points graded, and the warnings given."""
+    """A submission (25 rows per study), the points graded, and the warnings given.
+
+    ``at_labels`` holds the same graders' result at the labelled coordinates, when they
+    were given (the same studies, read once)."""
 
     submission: pd.DataFrame
     points: pd.DataFrame
     warnings: list[str]
+    at_labels: PredictResult | None = None
 
 
 def predict_studies(
@@ -506,18 +510,18 @@ def predict_studies(
     on_error: str = "skip",
     explain_dir: str | Path | None = None,
 ) -> PredictResult:
-    """Grade every study of ``series`` (a test_series_descriptions table).
+    """Grade every study of ``series`` (a test_series_descriptions table) at the points
+    the localisers find.
 
     Args:
         images_dir: ``test_images``-style tree: {study}/{series}/{instance}.dcm.
         series: study_id, series_id, series_description rows.
         bundle: graders, localisers, class prior and crop geometry (load_bundle).
-        coordinates: labelled coordinates (train_label_coordinates format) to crop at
-            instead of localising (to measure what localisation costs).
+        coordinates: labelled coordinates (train_label_coordinates format): also grade
+            at them, into ``at_labels`` (to measure what localisation costs).
         on_error: ``skip`` a corrupt file with a warning naming it, or ``raise``.
-        explain_dir: write a Grad-CAM PNG per graded row under it.
+        explain_dir: write a Grad-CAM PNG per graded (localised) row under it.
     """
-    graders, crop = bundle.graders, bundle.crop
     study_ids = list(dict.fromkeys(series["study_id"].astype("int64").tolist()))
     warnings: list[str] = []
 
@@ -525,36 +529,35 @@ def predict_studies(
         warnings.append(message)
         log.warning("%s", message)
 
-    graded_all, points_all = [], []
+    found: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"localised": [], "labels": []}
     for study in tqdm(study_ids, desc="predict", unit="study"):
         vols = read_study(images_dir, study, series[series["study_id"] == study], on_error, warn)
-        if coordinates is None:
-            points = localise_study(vols, bundle.localizers, warn)
-        else:
-            points = points_from_coordinates(vols, coordinates[coordinates["study_id"] == study])
-        if not len(points):
-            continue
-        graded, crops = grade_points(vols, points, graders, crop)
-        if explain_dir is not None:
-            write_explanations(explain_dir, graded, crops, points, graders)
-        graded_all.append(graded)
-        points_all.append(points)
-    graded = (
-        pd.concat(graded_all, ignore_index=True)
-        if graded_all
-        else pd.DataFrame(columns=["row_id", *PROBA])
-    )
+        points = {"localised": localise_study(vols, bundle.localizers, warn)}
+        if coordinates is not None:
+            mine = coordinates[coordinates["study_id"] == study]
+            points["labels"] = points_from_coordinates(vols, mine)
+        for key, pts in points.items():
+            if not len(pts):
+                continue
+            graded, crops = grade_points(vols, pts, bundle.graders, bundle.crop)
+            if explain_dir is not None and key == "localised":
+                write_explanations(explain_dir, graded, crops, pts, bundle.graders)
+            found[key].append((graded, pts))
     prior = class_prior_submission(bundle.prior_solution, study_ids)
-    submission = submission_rows(study_ids, graded, prior)
-    prior_rows = len(submission) - int(submission["row_id"].isin(graded["row_id"]).sum())
-    if prior_rows:
-        log.info("%d of %d rows took the class prior", prior_rows, len(submission))
-    points = (
-        pd.concat(points_all, ignore_index=True)
-        if points_all
-        else pd.DataFrame(columns=POINT_COLUMNS)
-    )
-    return PredictResult(submission, points, warnings)
+
+    def result(key: str) -> PredictResult:
+        graded = pd.concat([g for g, _ in found[key]] or [pd.DataFrame(columns=["row_id", *PROBA])])
+        points = pd.concat([p for _, p in found[key]] or [pd.DataFrame(columns=POINT_COLUMNS)])
+        submission = submission_rows(study_ids, graded, prior)
+        n_prior = len(submission) - int(submission["row_id"].isin(graded["row_id"]).sum())
+        if n_prior:
+            log.info("%s: %d of %d rows took the class prior", key, n_prior, len(submission))
+        return PredictResult(submission, points.reset_index(drop=True), warnings)
+
+    out = result("localised")
+    if coordinates is not None:
+        out.at_labels = result("labels")
+    return out
 
 
 def localisation_errors(found: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
