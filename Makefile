@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 # The MLflow UI on the workspace's store; prints the link to the runs table (Ctrl-C stops it).
 ui: $(STAMP)
-	$(BIN)/python -m spinegrade.ui
+	$(BIN)/python -m spinegrade.cli.ui
 
 clean-venv:
 	rm -rf $(VENV)

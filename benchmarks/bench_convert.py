@@ -34,10 +34,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from spinegrade.config import SyntheticConfig, load_params
-from spinegrade.convert import convert_all
-from spinegrade.ingest import ingest
-from spinegrade.synthetic import generate_dataset
+from spinegrade.core.config import SyntheticConfig, load_params
+from spinegrade.data.convert import convert_all
+from spinegrade.data.ingest import ingest
+from spinegrade.synthetic.dataset import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import mlflow
 
-from spinegrade import tracking
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.compare import comparison_table, recall_gflops_figure, to_markdown
-from spinegrade.config import load_params
-from spinegrade.io import atomic_path, write_csv, write_json
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import atomic_path, write_csv, write_json
+from spinegrade.evaluation.compare import comparison_table, recall_gflops_figure, to_markdown
+from spinegrade.tracking import store as tracking
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.config import load_params
-from spinegrade.convert import convert_all
-from spinegrade.io import write_json
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import write_json
+from spinegrade.data.convert import convert_all
 
 
 def main(argv: list[str] | None = None) -> int:

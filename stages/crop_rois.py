@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.config import load_params
-from spinegrade.crops import build_crops
-from spinegrade.io import atomic_dir, write_csv, write_json, write_npy
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import atomic_dir, write_csv, write_json, write_npy
+from spinegrade.data.crops import build_crops
 
 
 def main(argv: list[str] | None = None) -> int:

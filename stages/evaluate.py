@@ -14,11 +14,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from spinegrade import tracking
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.config import load_params
-from spinegrade.evaluate import evaluate
-from spinegrade.io import atomic_dir, write_csv, write_json
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import atomic_dir, write_csv, write_json
+from spinegrade.evaluation.evaluate import evaluate
+from spinegrade.tracking import store as tracking
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.config import load_params
-from spinegrade.ingest import ingest
-from spinegrade.io import atomic_dir, write_csv, write_json
-from spinegrade.synthetic import generate_dataset
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import atomic_dir, write_csv, write_json
+from spinegrade.data.ingest import ingest
+from spinegrade.synthetic.dataset import generate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,22 +18,17 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import torch
 
-from spinegrade import tracking
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.commands import read_labels
-from spinegrade.config import load_params
-from spinegrade.io import atomic_dir, atomic_path, write_csv, write_json
-from spinegrade.metrics import class_prior_submission, rsna_score, solution_from_wide
-from spinegrade.predict import (
-    load_bundle,
-    localisation_errors,
-    predict_studies,
-    read_series_table,
-    summarise_localisation,
-)
-from spinegrade.synthetic import TEST_COORDINATES_CSV, TEST_LABELS_CSV
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
+from spinegrade.core.runtime import set_threads
+from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
+from spinegrade.data.tables import read_labels, read_series_table
+from spinegrade.evaluation.localisation import localisation_errors, summarise_localisation
+from spinegrade.inference.predict import load_bundle, predict_studies
+from spinegrade.scoring.metrics import class_prior_submission, rsna_score, solution_from_wide
+from spinegrade.tracking import store as tracking
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params)
         cfg = params.predict
-        if params.train_per_condition.training.threads > 0:
-            torch.set_num_threads(params.train_per_condition.training.threads)
+        set_threads(params.train_per_condition.training.threads)
         root = Path(json.loads(Path(args.source).read_text())["images_root"])
         series = read_series_table(root / "test_series_descriptions.csv")
         bundle = load_bundle(

@@ -9,10 +9,10 @@ import sys
 
 import pandas as pd
 
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.config import load_params
-from spinegrade.folds import fold_report, split_folds
-from spinegrade.io import write_csv, write_json
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import write_csv, write_json
+from spinegrade.data.folds import fold_report, split_folds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,14 +16,15 @@ import sys
 
 import mlflow
 import pandas as pd
-import torch
 from safetensors.torch import save_file
 
-from spinegrade import tracking
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.config import load_params
-from spinegrade.io import atomic_dir, atomic_path, write_csv, write_json
-from spinegrade.localize import build_samples, point_spec, train_localizer
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
+from spinegrade.core.runtime import set_threads
+from spinegrade.models.points import build_samples, point_spec
+from spinegrade.tracking import store as tracking
+from spinegrade.training.localizers.fit import train_localizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params)
         cfg = params.train_localizer
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
         spec = point_spec(args.series)
         inp = cfg.input_for(args.series)
         samples = build_samples(

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from safetensors.torch import save_file
 
-from spinegrade import tracking
-from spinegrade.cli import run, setup_logging, stage_parser
-from spinegrade.config import load_params
-from spinegrade.io import atomic_dir, atomic_path, write_csv, write_json
-from spinegrade.mlflow_hooks import MlflowFoldHooks
-from spinegrade.train import train_group_backbone
+from spinegrade.core.config import load_params
+from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
+from spinegrade.core.runtime import set_threads
+from spinegrade.tracking import store as tracking
+from spinegrade.tracking.hooks import MlflowFoldHooks
+from spinegrade.training.graders.fit import train_group_backbone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params)
         cfg = params.train_per_condition
-        if cfg.training.threads > 0:
-            torch.set_num_threads(cfg.training.threads)
+        set_threads(cfg.training.threads)
         crops = np.load(Path(args.crops) / f"{args.group}.npy")
         index = pd.read_csv(Path(args.crops) / f"{args.group}.csv")
         folds = pd.read_csv(args.folds)

@@ -19,11 +19,11 @@ import pydicom
 import pytest
 import yaml
 
-from spinegrade.config import CropConfig, SyntheticConfig
-from spinegrade.convert import convert_all
-from spinegrade.crops import build_crops
-from spinegrade.ingest import ingest
-from spinegrade.synthetic import generate_dataset
+from spinegrade.core.config import CropConfig, SyntheticConfig
+from spinegrade.data.convert import convert_all
+from spinegrade.data.crops import build_crops
+from spinegrade.data.ingest import ingest
+from spinegrade.synthetic.dataset import generate_dataset
 
 IDENTIFIER_TAGS = (
     "PatientName",

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spinegrade.config import ConfigError, Params, load_params
+from spinegrade.core.config import Params, load_params
+from spinegrade.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import assert_no_identifiers, header_identifiers
 
-from spinegrade.convert import convert_all
-from spinegrade.dicom import DicomError
+from spinegrade.core.errors import DicomError
+from spinegrade.data.convert import convert_all
 
 
 def test_every_needed_series_converted_with_geometry(tiny_ingest, tiny_volumes):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spinegrade import vocab
-from spinegrade.crops import crop_25d, normalise_stack
+from spinegrade.core import vocab
+from spinegrade.data.crops import crop_25d, normalise_stack
 
 
 def _dot_volume(shape=(5, 100, 80), at=(2, 40, 30)):

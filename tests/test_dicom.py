@@ -13,13 +13,14 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLossless, JPEGLSLossless, RLELossless
 
-from spinegrade.dicom import DicomError, read_series, read_slice
-from spinegrade.geometry import slice_normal
+from spinegrade.core.errors import DicomError
+from spinegrade.data.dicom import read_series, read_slice
+from spinegrade.data.geometry import slice_normal
 
 
 def _axial_slice(z: float, inst: int, rows: int = 12, cols: int = 10, tilt_deg: float = 0.0):
     """A minimal valid MR slice whose pixel values encode its z position."""
-    from spinegrade.synthetic import SeriesPlan, SliceSpec, _dataset
+    from spinegrade.synthetic.series import SeriesPlan, SliceSpec, _dataset
 
     phi = np.deg2rad(tilt_deg)
     iop = np.array([1.0, 0.0, 0.0, 0.0, np.cos(phi), np.sin(phi)])

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinegrade import vocab
-from spinegrade.folds import fold_report, split_folds
+from spinegrade.core import vocab
+from spinegrade.data.folds import fold_report, split_folds
 
 
 def _labels(n_studies=60, seed=0) -> pd.DataFrame:

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinegrade import vocab
-from spinegrade.dicom import read_series
-from spinegrade.geometry import nearest_slice, pixel_to_world, slice_normal, world_to_pixel
+from spinegrade.core import vocab
+from spinegrade.data.dicom import read_series
+from spinegrade.data.geometry import nearest_slice, pixel_to_world, slice_normal, world_to_pixel
 
 
 def test_pixel_world_round_trip():

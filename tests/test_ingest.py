@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 from conftest import tiny_synthetic
 
-from spinegrade import vocab
-from spinegrade.ingest import LABEL_COLUMNS, DataError, IngestResult, ingest
-from spinegrade.synthetic import generate_dataset
+from spinegrade.core import vocab
+from spinegrade.core.errors import DataError
+from spinegrade.data.ingest import LABEL_COLUMNS, IngestResult, ingest
+from spinegrade.synthetic.dataset import generate_dataset
 
 TRAIN = "train.csv"
 COORDS = "train_label_coordinates.csv"

@@ -11,34 +11,34 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spinegrade import vocab
-from spinegrade.config import LocalizerConfig, LocalizerInput
-from spinegrade.convert import load_stack
-from spinegrade.crops import normalise_stack
-from spinegrade.dicom import Stack
-from spinegrade.errors import ConfigError
-from spinegrade.folds import split_folds
-from spinegrade.geometry import pixel_to_world
-from spinegrade.localize import (
+from spinegrade.core import vocab
+from spinegrade.core.config import LocalizerConfig, LocalizerInput
+from spinegrade.core.errors import ConfigError
+from spinegrade.data.convert import load_stack
+from spinegrade.data.crops import normalise_stack
+from spinegrade.data.dicom import Stack
+from spinegrade.data.folds import split_folds
+from spinegrade.data.geometry import pixel_to_world
+from spinegrade.inference.localise import Localizer, project_to_axial
+from spinegrade.models.heatmap import (
     HeatmapNet,
-    Localizer,
-    LocalizerDataset,
     Prediction,
-    build_samples,
     decode_heatmaps,
-    from_input,
     gaussian_heatmaps,
     heatmap_dice,
-    heatmap_loss,
-    input_slices,
     locate_points,
-    make_sample,
     point_errors,
-    point_spec,
-    project_to_axial,
-    to_input,
-    train_localizer,
 )
+from spinegrade.models.points import (
+    build_samples,
+    from_input,
+    input_slices,
+    make_sample,
+    point_spec,
+    to_input,
+)
+from spinegrade.training.localizers.fit import LocalizerDataset, train_localizer
+from spinegrade.training.localizers.losses import heatmap_loss
 
 AXIAL_IOP = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 TINY_INPUT = LocalizerInput(slices=3, step_mm=4.0, image_px=64, epochs=1)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
-from spinegrade import vocab
-from spinegrade.errors import DataError
-from spinegrade.metrics import (
+from spinegrade.core import vocab
+from spinegrade.core.errors import DataError
+from spinegrade.scoring.metrics import (
     EPS,
     SOLUTION_COLUMNS,
     TERMS,

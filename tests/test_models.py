@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spinegrade.config import load_params
-from spinegrade.errors import ConfigError
-from spinegrade.models import count_flops, count_parameters, create_backbone, model_flops
+from spinegrade.core.config import load_params
+from spinegrade.core.errors import ConfigError
+from spinegrade.models.backbones import count_flops, count_parameters, create_backbone, model_flops
 
 
 def test_flops_of_a_linear_layer_count_a_multiply_add_as_two():

@@ -17,7 +17,7 @@ import yaml
 from conftest import dvc_workspace, run_dvc
 from mlflow.tracking import MlflowClient
 
-from spinegrade import vocab
+from spinegrade.core import vocab
 
 DATA_STAGES = ("ingest", "convert-dicom", "crop-rois", "split-folds")
 

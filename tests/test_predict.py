@@ -20,27 +20,21 @@ import yaml
 from conftest import assert_no_identifiers, header_identifiers
 from safetensors.torch import save_file
 
-from spinegrade import vocab
-from spinegrade.commands import main as spinegrade_main
-from spinegrade.config import CropConfig, LocalizerInput
-from spinegrade.errors import DataError
-from spinegrade.evaluate import solution_from_labels
-from spinegrade.localize import HeatmapNet, Localizer, point_spec
-from spinegrade.models import create_backbone
-from spinegrade.predict import (
-    MAX_AXIAL_MM,
-    POINT_COLUMNS,
-    Bundle,
-    Grader,
-    grad_cam,
-    localisation_errors,
-    predict_studies,
-    read_series_table,
-    select_backbones,
-    submission_rows,
-    summarise_localisation,
-)
-from spinegrade.synthetic import TEST_COORDINATES_CSV
+from spinegrade.cli.main import main as spinegrade_main
+from spinegrade.core import vocab
+from spinegrade.core.config import CropConfig, LocalizerInput
+from spinegrade.core.errors import DataError
+from spinegrade.core.vocab import TEST_COORDINATES_CSV
+from spinegrade.data.tables import read_series_table
+from spinegrade.evaluation.localisation import localisation_errors, summarise_localisation
+from spinegrade.inference.explain import grad_cam
+from spinegrade.inference.grading import Grader, select_backbones
+from spinegrade.inference.localise import MAX_AXIAL_MM, POINT_COLUMNS, Localizer
+from spinegrade.inference.predict import Bundle, predict_studies
+from spinegrade.models.backbones import create_backbone
+from spinegrade.models.heatmap import HeatmapNet
+from spinegrade.models.points import point_spec
+from spinegrade.scoring.metrics import solution_from_labels, submission_rows
 
 CROP = CropConfig(slices=3, size_px=32)
 BACKBONE = "resnet18"
@@ -143,7 +137,7 @@ def test_study_missing_a_series_type_gets_the_prior_and_a_warning(tiny_dataset, 
     sub = result.submission.set_index("row_id")
     assert len(sub) == 25 * series["study_id"].nunique()
     assert any(str(study) in w and vocab.SAGITTAL_T1 in w for w in result.warnings)
-    from spinegrade.metrics import class_prior_submission
+    from spinegrade.scoring.metrics import class_prior_submission
 
     expected = class_prior_submission(bundle.prior_solution, [study]).set_index("row_id")
     foraminal = [vocab.row_id(study, c, lv) for c in vocab.CONDITIONS[1:3] for lv in vocab.LEVELS]
@@ -165,7 +159,7 @@ def test_corrupt_file_is_named_and_skipped_or_raised(tiny_dataset, bundle, tmp_p
     result = predict_studies(images, series, bundle)
     assert any(str(bad) in w for w in result.warnings), result.warnings
     assert len(result.submission) == 25 * series["study_id"].nunique()
-    from spinegrade.errors import DicomError
+    from spinegrade.core.errors import DicomError
 
     with pytest.raises(DicomError, match=bad.name):
         predict_studies(images, series, bundle, on_error="raise")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spinegrade import vocab
-from spinegrade.commands import SCORE_NAME, main
-from spinegrade.metrics import TERMS, rsna_score, solution_from_wide
+from spinegrade.cli.main import SCORE_NAME, main
+from spinegrade.core import vocab
+from spinegrade.scoring.metrics import TERMS, rsna_score, solution_from_wide
 
 N, M, S = vocab.SEVERITIES
 MISSING_ROW = "20_spinal_canal_stenosis_l4_l5"
@@ -90,7 +90,7 @@ def test_missing_row_fails_in_a_subprocess_naming_it(files, tmp_path):
     short = tmp_path / "short.csv"
     preds[preds["row_id"] != MISSING_ROW].to_csv(short, index=False)
     proc = subprocess.run(
-        [sys.executable, "-m", "spinegrade.commands", "score"]
+        [sys.executable, "-m", "spinegrade.cli", "score"]
         + ["--labels", str(labels), "--predictions", str(short)],
         capture_output=True,
         text=True,

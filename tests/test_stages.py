@@ -119,7 +119,8 @@ def test_stage_help_describes_it():
 
 
 def _imports(path: Path, seen: set[str]) -> None:
-    """Add the spinegrade modules ``path`` imports, transitively, as repo-relative paths."""
+    """Add the spinegrade modules ``path`` imports, transitively (with the packages Python
+    imports on the way), as repo-relative paths of their files."""
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
         if (
@@ -131,10 +132,32 @@ def _imports(path: Path, seen: set[str]) -> None:
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("spinegrade")]
         for name in names:
-            rel = "src/" + name.replace(".", "/") + ".py"
-            if (REPO / rel).is_file() and rel not in seen:
-                seen.add(rel)
-                _imports(REPO / rel, seen)
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # spinegrade, spinegrade.data, ...
+                base = "src/" + "/".join(parts[:i])
+                for rel in (base + ".py", base + "/__init__.py"):
+                    if (REPO / rel).is_file() and rel not in seen:
+                        seen.add(rel)
+                        _imports(REPO / rel, seen)
+
+
+def _packages(modules: set[str]) -> set[str]:
+    """The directories DVC should depend on: the package directory of every module, and the
+    ``__init__.py`` of each package above it (which Python runs, but whose directory holds
+    other packages); spinegrade's own ``__init__.py`` (a version string) is left out."""
+    out = set()
+    for rel in modules:
+        parent = Path(rel).parent
+        if parent == Path("src/spinegrade") or not (REPO / parent / "__init__.py").is_file():
+            continue
+        nested = any((d / "__init__.py").is_file() for d in (REPO / parent).iterdir())
+        out.add(rel if nested and rel.endswith("__init__.py") else str(parent))
+    for d in list(out):
+        for anc in Path(d).parents:
+            if anc == Path("src/spinegrade") or anc == Path("src"):
+                break
+            out.add(str(anc / "__init__.py"))
+    return {d for d in out if not any(d.startswith(o + "/") for o in out if not o.endswith(".py"))}
 
 
 def test_dvc_yaml_declares_the_code_and_params_each_stage_reads():
@@ -143,9 +166,15 @@ def test_dvc_yaml_declares_the_code_and_params_each_stage_reads():
         script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
         code: set[str] = set()
         _imports(REPO / script, code)
-        code.discard("src/spinegrade/__init__.py")
-        declared = {d for d in stage["deps"] if d.endswith(".py")}
-        assert declared == code | {script}, name
+        declared = {d for d in stage["deps"] if d.startswith(("src/", "stages/"))}
+        # Every module the stage imports lies in a declared package directory ...
+        for module in code - {"src/spinegrade/__init__.py"}:
+            assert any(module == d or module.startswith(d + "/") for d in declared), (
+                name,
+                module,
+            )
+        # ... and nothing else is declared: each stage re-runs for what it uses only.
+        assert declared == _packages(code) | {script}, name
         text = (REPO / script).read_text()
         used = set(re.findall(r"load_params\(args\.params\)\.(\w+)", text))
         used |= set(re.findall(r"\bparams\.(\w+)", text))

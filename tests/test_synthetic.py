@@ -9,16 +9,10 @@ import pandas as pd
 import pydicom
 from conftest import tiny_synthetic
 
-from spinegrade import vocab
-from spinegrade.synthetic import (
-    CLASS_BALANCE,
-    FORAMEN_SCALE,
-    TEST_LABELS_CSV,
-    Anatomy,
-    _draw_grades,
-    generate_dataset,
-    render,
-)
+from spinegrade.core import vocab
+from spinegrade.core.vocab import TEST_LABELS_CSV
+from spinegrade.synthetic.anatomy import CLASS_BALANCE, FORAMEN_SCALE, Anatomy, render
+from spinegrade.synthetic.dataset import _draw_grades, generate_dataset
 
 
 def _header(path) -> list[str]:

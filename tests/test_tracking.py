@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
-from spinegrade import tracking
+from spinegrade.tracking import store as tracking
 
 N_PARALLEL = 4
 

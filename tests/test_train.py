@@ -10,17 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinegrade.config import Recipe, TrainConfig, TrainingConfig
-from spinegrade.metrics import rsna_score
-from spinegrade.train import (
-    FocalLoss,
-    make_loss,
-    make_scheduler,
-    metric_loss,
-    oversample,
-    train_fold,
-    train_group_backbone,
-)
+from spinegrade.core.config import Recipe, TrainConfig, TrainingConfig
+from spinegrade.scoring.metrics import rsna_score
+from spinegrade.training.engine.schedules import make_scheduler
+from spinegrade.training.graders.fit import oversample, train_fold, train_group_backbone
+from spinegrade.training.graders.losses import FocalLoss, make_loss, metric_loss
 
 
 def test_oversampling_targets():

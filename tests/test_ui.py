@@ -1,6 +1,6 @@
-"""spinegrade.ui: the MLflow UI on a workspace's store, its printed link, and a clean stop.
+"""spinegrade.cli.ui: the MLflow UI on a workspace's store, its printed link, and a clean stop.
 
-The end-to-end test starts ``python -m spinegrade.ui`` on a free port of 127.0.0.1 against a
+The end-to-end test starts ``python -m spinegrade.cli.ui`` on a free port of 127.0.0.1 against a
 temporary workspace, checks the REST API, the link and an artifact download through the
 server, then sends SIGTERM and asserts that no process of the server's group survives.
 """
@@ -25,7 +25,8 @@ import psutil
 import pytest
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
-from spinegrade import tracking, ui
+from spinegrade.cli import ui
+from spinegrade.tracking import store as tracking
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
@@ -88,7 +89,7 @@ def wait_for_output(proc: subprocess.Popen, log: Path, pattern: re.Pattern, time
         text = log.read_text(errors="replace")
         if m := pattern.search(text):
             return m
-        assert proc.poll() is None, f"spinegrade.ui exited with {proc.returncode}:\n{text}"
+        assert proc.poll() is None, f"spinegrade.cli.ui exited with {proc.returncode}:\n{text}"
         time.sleep(0.3)
     raise AssertionError(f"no {pattern.pattern!r} within {timeout} s:\n{log.read_text()}")
 
@@ -167,7 +168,15 @@ def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tra
     port = free_port()
     log = tmp_path / "ui.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "spinegrade.ui", "--port", str(port), "--params", "params.yaml"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spinegrade.cli.ui",
+        "--port",
+        str(port),
+        "--params",
+        "params.yaml",
+    ]
     pgid, stopped = None, False
     with open(log, "w") as out:
         proc = subprocess.Popen(

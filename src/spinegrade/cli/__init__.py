@@ -1,0 +1,1 @@
+"""cli: the `spinegrade` command (synthesize, score, predict)."""

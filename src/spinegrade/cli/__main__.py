@@ -1,0 +1,5 @@
+import sys
+
+from spinegrade.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""The ``spinegrade`` command: tools for users outside the DVC pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from spinegrade.core.entry import run, setup_logging
+from spinegrade.core.errors import DataError
+from spinegrade.data.tables import read_labels, read_predictions
+
+SCORE_NAME = "rsna score (weighted log loss, lower is better)"
+
+
+SCORE_DESCRIPTION = f"""\
+Score predictions against labels with the official RSNA 2024 metric:
+the {SCORE_NAME}.
+
+Prints the score and its four terms: the sample-weighted (1/2/4) log loss of the spinal,
+foraminal and subarticular groups, and the per-study "any severe spinal" binary log loss;
+the score is their mean. Only labelled cells are scored: empty cells in the labels are
+skipped, and prediction rows for them (or for other studies) are ignored.
+
+  --labels       train.csv format: study_id, then the 25 condition x level columns holding
+                 Normal/Mild, Moderate, Severe or empty. Any subset of the studies.
+  --predictions  submission format, header exactly: row_id,normal_mild,moderate,severe
+                 (row_id e.g. 44036939_spinal_canal_stenosis_l1_l2). Values must be finite
+                 and >= 0; rows need not sum to 1 (they are renormalised after clipping).
+
+A labelled cell without a prediction row, duplicate row_ids or bad values are an error:
+one line on stderr naming the file and row_id(s), exit code 1."""
+
+
+SCORE_EPILOG = """\
+examples:
+  spinegrade score --labels data/raw/train.csv --predictions oof.csv
+  spinegrade score --labels data/raw/train.csv --predictions oof.csv --json > score.json"""
+
+
+def score_files(labels: str | Path, predictions: str | Path) -> dict[str, float]:
+    """The rsna score of a predictions file against a labels file (see ``rsna_score``).
+
+    Raises:
+        DataError: bad input; the message starts with the file at fault.
+    """
+    from spinegrade.scoring.metrics import rsna_score, solution_from_wide
+
+    try:
+        solution = solution_from_wide(read_labels(labels))
+    except DataError as exc:
+        raise DataError(_prefixed(labels, exc)) from exc
+    if solution.empty:
+        raise DataError(f"{labels}: no labelled cells to score")
+    submission = read_predictions(predictions)
+    try:
+        return rsna_score(solution, submission)
+    except DataError as exc:
+        raise DataError(_prefixed(predictions, exc)) from exc
+
+
+def _prefixed(path: str | Path, exc: Exception) -> str:
+    """The error message, starting with ``path`` unless it already does."""
+    text = str(exc)
+    return text if text.startswith(str(path)) else f"{path}: {text}"
+
+
+def format_score(result: dict[str, float]) -> str:
+    """A small table of the score and its terms, one per line (6 decimals)."""
+    from spinegrade.scoring.metrics import TERMS
+
+    lines = [SCORE_NAME, f"  {'score':<14}{result['score']:.6f}  (mean of the terms below)"]
+    for term in TERMS:
+        value = f"{result[term]:.6f}" if term in result else "n/a (no labelled rows)"
+        lines.append(f"  {term:<14}{value}")
+    return "\n".join(lines)
+
+
+PREDICT_DESCRIPTION = """\
+Grade studies that have no coordinates: localise the levels on each series type, crop
+around them, grade the crops with the backbone compare-backbones chose per condition
+group, and write a submission in sample_submission format (25 rows per study, the three
+probabilities summing to 1).
+
+  --images   a test_images-style tree: DIR/{study_id}/{series_id}/{instance}.dcm
+  --series   test_series_descriptions.csv format: study_id,series_id,series_description
+
+Models come from a finished `dvc repro` (models/, localizers/,
+reports/compare-backbones.json); the class prior for rows that cannot be graded (a series
+type missing, a level no axial slice reaches) comes from data/ingest/labels.csv. Each
+such case is a warning naming the study; a corrupt DICOM file is a warning naming the file
+(--on-error skip) or an error (--on-error raise)."""
+
+
+PREDICT_EPILOG = """\
+example:
+  spinegrade predict --images data/raw/test_images \\
+      --series data/raw/test_series_descriptions.csv --out submission.csv --explain explain/"""
+
+
+def predict_command(args: argparse.Namespace) -> None:
+    """Run ``spinegrade predict`` with parsed arguments."""
+
+    from spinegrade.core.config import load_params
+    from spinegrade.core.io import write_csv
+    from spinegrade.core.runtime import set_threads
+    from spinegrade.data.tables import read_series_table
+    from spinegrade.inference.predict import load_bundle, predict_studies
+
+    params = load_params(args.params)
+    set_threads(params.train_per_condition.training.threads)
+    if not Path(args.images).is_dir():
+        raise DataError(f"{args.images}: images directory not found")
+    series = read_series_table(args.series)
+    bundle = load_bundle(
+        args.models,
+        args.localizers,
+        args.selection,
+        args.labels,
+        params.train_per_condition,
+        params.crop_rois,
+    )
+    result = predict_studies(
+        args.images, series, bundle, on_error=args.on_error, explain_dir=args.explain
+    )
+    write_csv(args.out, result.submission)
+    if args.points:
+        write_csv(args.points, result.points)
+    print(
+        f"wrote {len(result.submission)} rows for "
+        f"{len(result.submission) // 25} studies to {args.out}"
+        + (f" ({len(result.warnings)} warnings)" if result.warnings else "")
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``spinegrade`` command: ``synthesize`` a dataset, ``score`` or ``predict``."""
+    parser = argparse.ArgumentParser(prog="spinegrade", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    gen = sub.add_parser("synthesize", help="write a synthetic RSNA-layout dataset to a directory")
+    gen.add_argument("--out", required=True, help="directory to (re)create")
+    gen.add_argument("--params", default="params.yaml", help="take ingest.synthetic from here")
+    gen.add_argument("--studies", type=int, help="override the number of train studies")
+    score = sub.add_parser(
+        "score",
+        help="score predictions against labels with the official RSNA metric",
+        description=SCORE_DESCRIPTION,
+        epilog=SCORE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    score.add_argument("--labels", required=True, metavar="CSV", help="labels, train.csv format")
+    score.add_argument(
+        "--predictions", required=True, metavar="CSV", help="predictions, submission format"
+    )
+    score.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object {"score", "spinal", "foraminal", "subarticular", '
+        '"any_severe"} instead of the table',
+    )
+    pred = sub.add_parser(
+        "predict",
+        help="localise, crop and grade unseen studies; write a submission CSV",
+        description=PREDICT_DESCRIPTION,
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pred.add_argument("--images", required=True, metavar="DIR", help="test_images-style tree")
+    pred.add_argument("--series", required=True, metavar="CSV", help="series descriptions")
+    pred.add_argument("--out", required=True, metavar="CSV", help="submission to write")
+    pred.add_argument("--explain", metavar="DIR", help="write a Grad-CAM PNG per graded level")
+    pred.add_argument("--points", metavar="CSV", help="also write the localised points")
+    pred.add_argument(
+        "--on-error",
+        choices=["skip", "raise"],
+        default="skip",
+        help="a corrupt DICOM file: skip it with a warning, or stop (default: %(default)s)",
+    )
+    pred.add_argument("--models", default="models", help="graders (default: %(default)s)")
+    pred.add_argument(
+        "--localizers", default="localizers", help="localisers (default: %(default)s)"
+    )
+    pred.add_argument(
+        "--selection",
+        default="reports/compare-backbones.json",
+        help="compare-backbones report that picks each group's backbone (default: %(default)s)",
+    )
+    pred.add_argument(
+        "--labels",
+        default="data/ingest/labels.csv",
+        help="training label table, for the class prior (default: %(default)s)",
+    )
+    pred.add_argument("--params", default="params.yaml", help="params (default: %(default)s)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "synthesize":
+        from spinegrade.core.config import load_params
+        from spinegrade.synthetic.dataset import generate_dataset
+
+        def body() -> None:
+            cfg = load_params(args.params).ingest.synthetic
+            if args.studies is not None:
+                cfg = dataclasses.replace(cfg, n_train_studies=args.studies)
+            generate_dataset(cfg, args.out)
+
+        return run(body)
+    if args.command == "score":
+
+        def score_body() -> None:
+            result = score_files(args.labels, args.predictions)
+            print(json.dumps(result) if args.json else format_score(result))
+
+        return run(score_body)
+    if args.command == "predict":
+        return run(lambda: predict_command(args))
+    return 2

@@ -1,0 +1,195 @@
+"""DICOM series -> position-sorted stacks with their geometry (no identifiers kept).
+
+A series is read file by file; slices are grouped into stacks by (rounded) orientation and
+image shape, and each stack is sorted by position along its normal
+(``dot(IPP, cross(R, C))``), never by instance number. Only pixels and geometry leave this
+module: names, ids, dates and institutions in the headers are never read into outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from spinegrade.core.errors import DicomError
+from spinegrade.data.geometry import slice_normal
+
+log = logging.getLogger(__name__)
+
+
+# Geometry tags a slice must carry.
+REQUIRED_TAGS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "InstanceNumber",
+)
+
+
+ORIENTATION_DECIMALS = 3
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One decoded slice: pixels (H, W) and its geometry."""
+
+    pixels: np.ndarray
+    ipp: np.ndarray  # (3,) mm
+    iop: np.ndarray  # (6,)
+    spacing: np.ndarray  # (2,) row, col mm
+    instance_number: int
+    thickness: float | None
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Slices of one orientation and shape, sorted by position along the normal.
+
+    Attributes:
+        pixels: (S, H, W) array, the series' stored values (rescaled when the file says so).
+        positions: (S, 3) ImagePositionPatient per slice, mm.
+        orientation: (6,) ImageOrientationPatient shared by the stack.
+        spacing: (2,) PixelSpacing [row, col], mm.
+        instance_numbers: (S,) InstanceNumber per slice.
+        slice_spacing: distance between neighbouring slices along the normal, mm (median,
+            derived from positions; SliceThickness when there is one slice).
+    """
+
+    pixels: np.ndarray
+    positions: np.ndarray
+    orientation: np.ndarray
+    spacing: np.ndarray
+    instance_numbers: np.ndarray
+    slice_spacing: float
+
+    @property
+    def normal(self) -> np.ndarray:
+        return slice_normal(self.orientation)
+
+    def geometry(self) -> dict:
+        """JSON-ready geometry of the stack (no pixels)."""
+        return {
+            "shape": list(self.pixels.shape),
+            "dtype": str(self.pixels.dtype),
+            "orientation": [float(v) for v in self.orientation],
+            "pixel_spacing": [float(v) for v in self.spacing],
+            "slice_spacing": float(self.slice_spacing),
+            "normal": [float(v) for v in self.normal],
+            "positions": [[float(v) for v in p] for p in self.positions],
+            "instance_numbers": [int(v) for v in self.instance_numbers],
+        }
+
+
+def read_slice(path: str | Path) -> Slice:
+    """Decode one DICOM file (any transfer syntax pydicom's plugins can decode).
+
+    Raises:
+        DicomError: naming ``path`` when the file is not DICOM, is truncated, lacks
+            geometry or its pixels cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise DicomError(f"{path}: not a readable DICOM file ({exc})") from exc
+    missing = [t for t in REQUIRED_TAGS if t not in ds]
+    if missing:
+        raise DicomError(f"{path}: missing geometry tag(s) {missing}")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for truncated or undecodable data
+        raise DicomError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
+    if pixels.ndim != 2:
+        raise DicomError(
+            f"{path}: expected one 2D monochrome frame, got pixel shape {pixels.shape}"
+        )
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if slope != 1 or intercept != 0:
+        pixels = pixels.astype(np.float32) * slope + intercept
+    thickness = ds.get("SliceThickness")
+    return Slice(
+        pixels=pixels,
+        ipp=np.array([float(v) for v in ds.ImagePositionPatient]),
+        iop=np.array([float(v) for v in ds.ImageOrientationPatient]),
+        spacing=np.array([float(v) for v in ds.PixelSpacing]),
+        instance_number=int(ds.InstanceNumber),
+        thickness=float(thickness) if thickness not in (None, "") else None,
+    )
+
+
+def stack_slices(slices: list[Slice]) -> list[Stack]:
+    """Group slices by (rounded orientation, shape, spacing) and sort each group by position.
+
+    Stacks are ordered by their first slice's position (z descending, then y, then x), so
+    the order is independent of file and instance order.
+    """
+    groups: dict[tuple, list[Slice]] = {}
+    for s in slices:
+        key = (
+            tuple(np.round(s.iop, ORIENTATION_DECIMALS) + 0.0),
+            s.pixels.shape,
+            tuple(np.round(s.spacing, 4)),
+        )
+        groups.setdefault(key, []).append(s)
+    stacks = []
+    for members in groups.values():
+        normal = slice_normal(members[0].iop)
+        members.sort(key=lambda s: (float(s.ipp @ normal), s.instance_number))
+        positions = np.stack([s.ipp for s in members])
+        depth = positions @ normal
+        steps = np.diff(depth)
+        if len(steps):
+            spacing = float(np.median(np.abs(steps)))
+        else:
+            spacing = float(members[0].thickness or 0.0)
+        dtype = np.result_type(*[s.pixels.dtype for s in members])
+        stacks.append(
+            Stack(
+                pixels=np.stack([s.pixels for s in members]).astype(dtype, copy=False),
+                positions=positions,
+                orientation=members[0].iop,
+                spacing=members[0].spacing,
+                instance_numbers=np.array([s.instance_number for s in members], dtype=np.int64),
+                slice_spacing=round(spacing, 6),
+            )
+        )
+    stacks.sort(key=lambda st: (-st.positions[0, 2], st.positions[0, 1], st.positions[0, 0]))
+    return stacks
+
+
+def read_series(
+    series_dir: str | Path,
+    on_error: Callable[[DicomError], None] | None = None,
+) -> list[Stack]:
+    """Read every ``*.dcm`` in ``series_dir`` into sorted stacks.
+
+    Args:
+        series_dir: one series' directory.
+        on_error: called with each DicomError instead of raising (the file is skipped).
+
+    Raises:
+        DicomError: on the first bad file when ``on_error`` is None, or when no file of
+            the series could be read.
+    """
+    series_dir = Path(series_dir)
+    files = sorted(series_dir.glob("*.dcm"))
+    if not files:
+        raise DicomError(f"{series_dir}: no .dcm files")
+    slices = []
+    for f in files:
+        try:
+            slices.append(read_slice(f))
+        except DicomError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+    if not slices:
+        raise DicomError(f"{series_dir}: none of its {len(files)} files could be read")
+    return stack_slices(slices)

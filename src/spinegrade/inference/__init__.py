@@ -1,0 +1,1 @@
+"""inference: reading, localising, grading and explaining unseen studies (`spinegrade predict`)."""

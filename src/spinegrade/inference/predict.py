@@ -1,0 +1,155 @@
+"""predict: grade studies that have no coordinates: localise, crop, grade, submit.
+
+Per study: read each listed series (DICOM, sorted into stacks as convert-dicom does),
+find the level points with the per-series-type localisers (axial level slices by
+projecting the sagittal level points through the geometry), cut the same 2.5D crops as
+crop-rois around them, grade them with the backbone compare-backbones chose per group,
+and write the sample_submission format: 25 rows per study, study by study, conditions
+and levels in vocab order, probabilities summing to 1. A row that cannot be graded (a
+series type missing or unreadable, a level no axial slice reaches) gets its column's
+class prior from the training labels, with a warning naming the study.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from spinegrade.core import vocab
+from spinegrade.core.config import CropConfig, TrainConfig
+from spinegrade.inference.explain import write_explanations
+from spinegrade.inference.grading import Grader, grade_points, load_graders, select_backbones
+from spinegrade.inference.localise import (
+    POINT_COLUMNS,
+    Localizer,
+    localise_study,
+    points_from_coordinates,
+)
+from spinegrade.inference.studies import read_study
+from spinegrade.scoring.metrics import class_prior_submission, solution_from_labels, submission_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Bundle:
+    """Everything predict needs besides the images."""
+
+    graders: dict[str, Grader]
+    localizers: dict[str, Localizer]
+    prior_solution: pd.DataFrame
+    crop: CropConfig
+    selection: dict[str, str]
+
+
+def load_bundle(
+    models_dir: str | Path,
+    localizers_dir: str | Path,
+    comparison_path: str | Path,
+    labels_path: str | Path,
+    train: TrainConfig,
+    crop: CropConfig,
+) -> Bundle:
+    """Graders chosen by compare-backbones, the three localisers, and the class prior.
+
+    Args:
+        models_dir: train-per-condition outputs ({group}/{backbone}/).
+        localizers_dir: train-localizer outputs ({series type}/).
+        comparison_path: compare-backbones.json.
+        labels_path: ingest's labels.csv (training labels: the class prior).
+        train: train-per-condition params the graders were trained with (recipes).
+        crop: crop-rois params their crops were cut with.
+    """
+    comparison_path = Path(comparison_path)
+    if not comparison_path.is_file():
+        raise FileNotFoundError(
+            f"{comparison_path}: no compare-backbones report (run `dvc repro` first)"
+        )
+    selection = select_backbones(json.loads(comparison_path.read_text()), list(vocab.GROUPS))
+    graders = load_graders(models_dir, selection, train, crop)
+    localizers = {
+        slug: Localizer.load(Path(localizers_dir) / slug) for slug in vocab.SERIES_FROM_SLUG
+    }
+    labels_path = Path(labels_path)
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"{labels_path}: training label table not found (for the prior)")
+    prior = solution_from_labels(pd.read_csv(labels_path))
+    return Bundle(graders, localizers, prior, crop, selection)
+
+
+@dataclass
+class PredictResult:
+    """A submission (25 rows per study), the points graded, and the warnings given.
+
+    ``at_labels`` holds the same graders' result at the labelled coordinates, when they
+    were given (the same studies, read once)."""
+
+    submission: pd.DataFrame
+    points: pd.DataFrame
+    warnings: list[str]
+    at_labels: PredictResult | None = None
+
+
+def predict_studies(
+    images_dir: str | Path,
+    series: pd.DataFrame,
+    bundle: Bundle,
+    coordinates: pd.DataFrame | None = None,
+    on_error: str = "skip",
+    explain_dir: str | Path | None = None,
+) -> PredictResult:
+    """Grade every study of ``series`` (a test_series_descriptions table) at the points
+    the localisers find.
+
+    Args:
+        images_dir: ``test_images``-style tree: {study}/{series}/{instance}.dcm.
+        series: study_id, series_id, series_description rows.
+        bundle: graders, localisers, class prior and crop geometry (load_bundle).
+        coordinates: labelled coordinates (train_label_coordinates format): also grade
+            at them, into ``at_labels`` (to measure what localisation costs).
+        on_error: ``skip`` a corrupt file with a warning naming it, or ``raise``.
+        explain_dir: write a Grad-CAM PNG per graded (localised) row under it.
+    """
+    study_ids = list(dict.fromkeys(series["study_id"].astype("int64").tolist()))
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        log.warning("%s", message)
+
+    found: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"localised": [], "labels": []}
+    for study in tqdm(study_ids, desc="predict", unit="study"):
+        vols = read_study(images_dir, study, series[series["study_id"] == study], on_error, warn)
+        points = {"localised": localise_study(vols, bundle.localizers, warn)}
+        if coordinates is not None:
+            mine = coordinates[coordinates["study_id"] == study]
+            points["labels"] = points_from_coordinates(vols, mine)
+        for key, pts in points.items():
+            if not len(pts):
+                continue
+            graded, crops = grade_points(vols, pts, bundle.graders, bundle.crop)
+            if explain_dir is not None and key == "localised":
+                write_explanations(explain_dir, graded, crops, pts, bundle.graders)
+            found[key].append((graded, pts))
+    prior = class_prior_submission(bundle.prior_solution, study_ids)
+
+    def result(key: str) -> PredictResult:
+        graded = pd.concat(
+            [g for g, _ in found[key]] or [pd.DataFrame(columns=list(vocab.SUBMISSION_HEADER))]
+        )
+        points = pd.concat([p for _, p in found[key]] or [pd.DataFrame(columns=POINT_COLUMNS)])
+        submission = submission_rows(study_ids, graded, prior)
+        n_prior = len(submission) - int(submission["row_id"].isin(graded["row_id"]).sum())
+        if n_prior:
+            log.info("%s: %d of %d rows took the class prior", key, n_prior, len(submission))
+        return PredictResult(submission, points.reset_index(drop=True), warnings)
+
+    out = result("localised")
+    if coordinates is not None:
+        out.at_labels = result("labels")
+    return out

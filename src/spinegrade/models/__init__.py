@@ -1,0 +1,1 @@
+"""models: the backbone factory with FLOPs and parameters, and the heatmap network."""

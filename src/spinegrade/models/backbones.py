@@ -1,0 +1,130 @@
+"""The one backbone factory (timm's registry) and the model's cost in FLOPs and parameters.
+
+A backbone is a timm model name plus keyword arguments from params; slices go in as
+channels (``in_chans``) and the head predicts the three severities. No branch here knows
+any particular architecture: per-backbone differences live in params (``recipes``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from spinegrade.core.errors import ConfigError
+from spinegrade.models.inputs import CropDataset
+
+log = logging.getLogger(__name__)
+
+
+N_CLASSES = 3
+
+
+def create_backbone(
+    name: str,
+    in_chans: int,
+    image_size: int,
+    model_kwargs: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
+) -> torch.nn.Module:
+    """A timm classifier with ``in_chans`` input channels and 3 outputs.
+
+    Args:
+        name: timm model name, e.g. ``resnet50``, ``convnext_tiny``.
+        in_chans: number of slices fed as channels.
+        image_size: crop side in pixels; passed as ``img_size`` to models that take it
+            (vision transformers fix their patch grid at construction).
+        model_kwargs: extra timm arguments (e.g. ``window_size``, ``ls_init_value``).
+        pretrained: load timm's pretrained weights (needs network access).
+        weights: a local checkpoint (a state dict) to load instead.
+
+    Raises:
+        ConfigError: unknown model name, or pretrained weights that cannot be had.
+    """
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown timm backbone {name!r} (see timm.list_models())")
+    kwargs = dict(model_kwargs or {})
+    if _takes_img_size(name):
+        kwargs.setdefault("img_size", image_size)
+    try:
+        model = timm.create_model(
+            name, pretrained=pretrained, num_classes=N_CLASSES, in_chans=in_chans, **kwargs
+        )
+    except (OSError, RuntimeError) as exc:  # hub download failures surface as these
+        if pretrained:
+            raise ConfigError(
+                f"cannot load pretrained weights for {name!r} ({exc}); this machine may have "
+                "no network access: set pretrained: false, or give a local weights file"
+            ) from exc
+        raise
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(f"weights file for {name!r} not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        log.info("loaded %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
+    return model
+
+
+def _takes_img_size(name: str) -> bool:
+    """True for models whose constructor fixes the input size (vision transformers)."""
+    cfg = timm.get_pretrained_cfg(name)
+    return bool(cfg and cfg.fixed_input_size)
+
+
+def input_normalisation(model: torch.nn.Module) -> tuple[float, float]:
+    """Scalar (mean, std) for grey slices in [0, 1], from the model's own data config."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return float(np.mean(cfg["mean"])), float(np.mean(cfg["std"]))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_flops(model: torch.nn.Module, image_size: int, in_chans: int) -> float:
+    """GFLOPs of one forward pass of one image; a multiply-add counts as 2 FLOPs."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, in_chans, image_size, image_size, device=next(model.parameters()).device)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+def count_flops(
+    name: str, image_size: int, in_chans: int, model_kwargs: Mapping[str, Any] | None = None
+) -> float:
+    """GFLOPs (multiply-add = 2 FLOPs) of backbone ``name`` on one (in_chans, size, size) input.
+
+    Counted with torch.utils.flop_counter at the real input size and channel count.
+    """
+    model = create_backbone(name, in_chans, image_size, model_kwargs)
+    return model_flops(model, image_size, in_chans)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, dataset: CropDataset, batch_size: int) -> np.ndarray:
+    """Softmax probabilities (N, 3) float64 of ``dataset`` in order."""
+    dev = next(model.parameters()).device
+    model.eval()
+    out = []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, _ in loader:
+        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            logits = model(x.to(dev, non_blocking=True))
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros((0, 3))

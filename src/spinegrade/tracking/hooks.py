@@ -1,0 +1,91 @@
+"""MLflow logging of training: one nested run per (group, backbone, fold)."""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from spinegrade.tracking.plots import confusion_figure
+from spinegrade.tracking.store import flatten
+from spinegrade.training.graders.fit import FoldHooks
+
+log = logging.getLogger(__name__)
+
+
+class MlflowFoldHooks(FoldHooks):
+    """Logs each fold as run ``{group}-{backbone}-fold{k}`` nested under ``parent_id``.
+
+    Per run: params, per-epoch losses and metrics, final metrics (GFLOPs and parameter
+    count among them), the confusion matrix as an image, the model (mlflow.pytorch), and
+    tags with the git commit and the DVC hashes of the data it saw.
+    """
+
+    def __init__(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        group: str,
+        backbone: str,
+        params: dict,
+        tags: dict[str, str],
+        log_model: bool,
+        example_shape: tuple[int, ...],
+    ) -> None:
+        self.experiment_id, self.parent_id = experiment_id, parent_id
+        self.group, self.backbone = group, backbone
+        self.params, self.tags, self.log_model = flatten(params), tags, log_model
+        self.example_shape = example_shape  # (2, k, S, S): a batch the model is traced on
+
+    def start(self, fold: int) -> None:
+        mlflow.start_run(
+            experiment_id=self.experiment_id,
+            run_name=f"{self.group}-{self.backbone}-fold{fold}",
+            parent_run_id=self.parent_id,
+            tags={
+                **self.tags,
+                "group": self.group,
+                "backbone": self.backbone,
+                "fold": str(fold),
+                "spinegrade.role": "train",
+            },
+        )
+        mlflow.log_params({**self.params, "fold": fold})
+
+    def epoch(self, fold: int, epoch: int, row: dict) -> None:
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    def end(self, fold: int, model: nn.Module, metrics: dict, confusion: list) -> None:
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
+        fig = confusion_figure(confusion, f"{self.group} {self.backbone} fold {fold}")
+        mlflow.log_figure(fig, "confusion_matrix.png")
+        plt.close(fig)
+        if self.log_model:
+            log_torch_model(model, self.example_shape)
+        mlflow.end_run()
+
+
+def log_torch_model(model: nn.Module, example_shape: tuple[int, ...]) -> None:
+    """Log ``model`` as artifact "model": torch.export's pt2 format (no pickle), traced on a
+    zero batch of ``example_shape``; falls back to pickle if the model cannot be exported."""
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+    model = model.cpu().eval()
+    example = np.zeros(example_shape, dtype=np.float32)
+    try:
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example,
+            serialization_format="pt2",
+            pip_requirements=requirements,
+        )
+    except Exception as exc:  # torch.export does not cover every architecture
+        log.warning("pt2 export failed (%s); logging the model with pickle", exc)
+        mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle", pip_requirements=requirements
+        )

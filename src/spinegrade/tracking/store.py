@@ -1,0 +1,244 @@
+"""MLflow plumbing: the store, one parent run per pipeline run, and run provenance.
+
+The default store is SQLite under the *workspace's* mlruns/ (MLflow 3 refuses a bare file
+store), with artifacts beside it. DVC runs queued or temporary experiments in a copy of the
+repository under ``<workspace>/.dvc/tmp/exps/``; such runs are pointed back at the
+workspace's store, so they are not written into the copy and lost.
+``MLFLOW_TRACKING_URI`` overrides all of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+
+PIPELINE_TAG = "spinegrade.pipeline"
+
+
+ROLE_TAG = "spinegrade.role"
+
+
+# ingest's output: its DVC hash identifies the data a pipeline run descends from.
+PIPELINE_SOURCE = "data/ingest"
+
+
+DVC_EXPS_DIR = (".dvc", "tmp", "exps")
+
+
+def workspace_root(path: str | Path | None = None) -> Path:
+    """The DVC workspace that owns ``path`` (default: cwd), also from inside an exp copy."""
+    path = Path(path or os.getcwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - len(DVC_EXPS_DIR) + 1):
+        if parts[i : i + len(DVC_EXPS_DIR)] == DVC_EXPS_DIR:
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri(root: str | Path | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workspace>/mlruns/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{workspace_root(root) / 'mlruns' / 'mlflow.db'}"
+
+
+def _local_store_dir(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).parent
+    return None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock next to a local SQLite store (no-op for remote stores)."""
+    store = _local_store_dir(uri)
+    if store is None:
+        yield
+        return
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def setup(experiment: str, root: str | Path | None = None) -> str:
+    """Point MLflow at the store, creating the database and experiment once; return its id.
+
+    Creation happens under a file lock, so runs started in parallel do not race to create
+    the SQLite schema (which fails). Artifacts of a local store go to ``mlruns/artifacts``.
+    """
+    uri = tracking_uri(root)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would pin this store
+    # for every later call and every child process: keep the environment as it was.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            return exp.experiment_id
+        store = _local_store_dir(uri)
+        location = (store / "artifacts").as_uri() if store else None
+        return client.create_experiment(experiment, artifact_location=location)
+
+
+def parent_run(experiment_id: str, key: str, name: str) -> str:
+    """Id of the parent run for pipeline run ``key``: found by tag, else created."""
+    uri = mlflow.get_tracking_uri()
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'parent'",
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        run = client.create_run(
+            experiment_id, run_name=name, tags={PIPELINE_TAG: key, ROLE_TAG: "parent"}
+        )
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+
+def git_commit(root: str | Path | None = None) -> str:
+    """HEAD's commit (with ``-dirty`` when tracked files changed), or ``unknown``."""
+    cwd = str(root or os.getcwd())
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        # dvc.lock and reports/ change as the pipeline runs: they do not make the code dirty.
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!dvc.lock",
+                ":!reports",
+            ],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def dvc_hashes(paths: list[str], root: str | Path | None = None) -> dict[str, str]:
+    """DVC's md5 of each output path as recorded in dvc.lock, or a content hash of the path.
+
+    dvc.lock is updated as each stage finishes, so a later stage sees its inputs' hashes.
+    """
+    root = Path(root or os.getcwd())
+    recorded: dict[str, str] = {}
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+            for out in stage.get("outs", []):
+                recorded[out["path"]] = out.get("md5", "")
+    return {p: recorded.get(p) or "sha256:" + content_hash(root / p) for p in paths}
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over a file, or over a directory's relative paths and file contents."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path.parent)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def pipeline_key(*parts: str) -> str:
+    """A short stable id for one pipeline run from its commit, data hashes and params."""
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, for MLflow params."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def pipeline_run(
+    experiment: str, params_path: str | Path, data_paths: list[str]
+) -> tuple[str, str, dict[str, str]]:
+    """(experiment id, parent run id, provenance tags) of the current pipeline run.
+
+    Stages of one ``dvc repro`` share the parent: its key is the commit, the params file's
+    text and DVC's hash of ingest's output (the data every stage descends from), which
+    are the same for all of them. The tags hold the DVC hashes of ``data_paths``, the data
+    this stage read.
+    """
+    experiment_id = setup(experiment)
+    data = dvc_hashes(data_paths)
+    commit = git_commit()
+    params_text = Path(params_path).read_text()
+    (source,) = dvc_hashes([PIPELINE_SOURCE]).values()
+    key = pipeline_key(commit.removesuffix("-dirty"), source, params_text)
+    parent = parent_run(experiment_id, key, name=f"pipeline-{key[:8]}")
+    tags = {"git_commit": commit, **{f"dvc.{p}": h for p, h in data.items()}}
+    return experiment_id, parent, tags
+
+
+@contextlib.contextmanager
+def child_run(
+    experiment: str,
+    params_path: str | Path,
+    data_paths: list[str],
+    name: str,
+    role: str,
+    tags: dict[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run ``name`` nested under the pipeline's parent run (see pipeline_run),
+    tagged with provenance and ``spinegrade.role`` = ``role``."""
+    experiment_id, parent, base = pipeline_run(experiment, params_path, data_paths)
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=parent,
+        tags={**base, ROLE_TAG: role, **(tags or {})},
+    ) as run:
+        yield run
+
+
+def numeric(report: dict) -> dict[str, float]:
+    """The numbers of a nested report, flattened to MLflow metric names."""
+    return {
+        k.replace(" ", "_"): float(v)
+        for k, v in flatten(report).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }

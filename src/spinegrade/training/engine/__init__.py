@@ -1,0 +1,1 @@
+"""The training engine both model families share: augmentation and learning-rate schedules."""

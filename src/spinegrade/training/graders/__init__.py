@@ -1,0 +1,1 @@
+"""Training the graders: one (condition group, backbone) on study-level folds."""

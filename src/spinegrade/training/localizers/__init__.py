@@ -1,0 +1,1 @@
+"""Training the heatmap localisers: one per series type."""
