@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.concurrent import process_map
 
 
 def parallel_map(
@@ -17,8 +17,14 @@ def parallel_map(
 
     Results come back in job order, so outputs do not depend on scheduling.
     """
-    bar = {"total": len(jobs), "desc": desc, "unit": unit}
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(j) for j in tqdm(jobs, **bar)]
-    with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
-        return list(tqdm(pool.map(fn, jobs, chunksize=2), **bar))
+        return [fn(j) for j in tqdm(jobs, total=len(jobs), desc=desc, unit=unit)]
+    return process_map(
+        fn,
+        jobs,
+        max_workers=min(workers, os.cpu_count() or 1),
+        chunksize=2,
+        desc=desc,
+        unit=unit,
+        tqdm_class=tqdm,
+    )
