@@ -15,7 +15,7 @@ from spinegrade.core.config import load_params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.data.ingest import ingest
-from spinegrade.synthetic.dataset import generate_dataset
+from spinegrade.synthetic import generate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,12 @@
 """DVC stage predict: grade the held-out test studies end to end, and score the result.
 
 Reads the test studies (test_images + test_series_descriptions.csv, found through
-ingest's source.json) with no coordinates: localises each level, crops, grades with the
+ingest's source.json) with no coordinates: localizes each level, crops, grades with the
 backbones compare-backbones chose, and writes --out/submission.csv. When the answers are
 known (the synthetic dataset writes them beside the images), it scores the submission with
 the official metric next to two references: the same graders cropping at the labelled
-coordinates (what localisation costs) and the class prior (what learning gains), and
-measures the localisers' point error in mm. All of it goes to --report (a DVC metric) and
+coordinates (what localization costs) and the class prior (what learning gains), and
+measures the localizers' point error in mm. All of it goes to --report (a DVC metric) and
 to an MLflow run "predict" under the pipeline's parent run.
 """
 
@@ -25,7 +25,7 @@ from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
-from spinegrade.evaluation.localisation import localisation_errors, summarise_localisation
+from spinegrade.evaluation.localization import localization_errors, summarise_localization
 from spinegrade.inference.predict import load_bundle, predict_studies
 from spinegrade.scoring.metrics import class_prior_submission, rsna_score, solution_from_wide
 from spinegrade.tracking import store as tracking
@@ -89,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
                 prior = class_prior_submission(
                     bundle.prior_solution, sorted(solution["study_id"].unique())
                 )
-                errors = localisation_errors(result.points, at_labels.points)
-                write_csv(tmp / "localisation_errors.csv", errors)
+                errors = localization_errors(result.points, at_labels.points)
+                write_csv(tmp / "localization_errors.csv", errors)
                 report["rsna_score"] = {
-                    "localised": rsna_score(solution, result.submission),
+                    "localized": rsna_score(solution, result.submission),
                     "labelled_points": rsna_score(solution, at_labels.submission),
                     "class_prior": rsna_score(solution, prior),
                 }
-                report["localisation"] = summarise_localisation(errors)
+                report["localization"] = summarise_localization(errors)
         write_json(args.report, report)
 
         with tracking.child_run(

@@ -11,7 +11,6 @@ history.csv, errors.csv (per validation point) and metrics.json.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import mlflow
@@ -59,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             tags={"series": args.series},
         ):
             mlflow.log_params(
-                tracking.flatten(
-                    {k: v for k, v in dataclasses.asdict(cfg).items() if k != "inputs"}
-                    | {"input": dataclasses.asdict(inp)}
-                )
+                tracking.flatten(cfg.model_dump(exclude={"inputs"}) | {"input": inp.model_dump()})
             )
 
             def log_epoch(row: dict) -> None:

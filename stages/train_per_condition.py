@@ -9,7 +9,6 @@ safetensors, unlike torch.save, writes the same bytes for the same weights).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -54,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             args.group,
             args.backbone,
             params={
-                "training": dataclasses.asdict(cfg.training),
-                "recipe": dataclasses.asdict(recipe) | {"model_kwargs": dict(recipe.model_kwargs)},
+                "training": cfg.training.model_dump(),
+                "recipe": recipe.model_dump(),
                 "crops": {"in_chans": crops.shape[1], "size_px": crops.shape[2]},
             },
             tags=tags,

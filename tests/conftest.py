@@ -6,7 +6,6 @@ exercises the same code the pipeline runs.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -70,7 +69,7 @@ def tiny_synthetic(**overrides) -> SyntheticConfig:
         instance_quirk_rate=0.5,
         missing_label_rate=0.05,
     )
-    return dataclasses.replace(base, **overrides)
+    return base.model_copy(update=overrides)
 
 
 @pytest.fixture(scope="session")

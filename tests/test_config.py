@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel, ValidationError
 
-from spinegrade.core.config import Params, load_params
+from spinegrade.core.config import (
+    ConvertConfig,
+    CropConfig,
+    FoldsConfig,
+    LocalizerConfig,
+    LocalizerInput,
+    Params,
+    Recipe,
+    TrainConfig,
+    TrainingConfig,
+    load_params,
+)
 from spinegrade.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,30 +37,8 @@ def test_repository_params_load():
     assert params.data.source == "synthetic"
     assert params.crop_rois.size_mm["spinal"] > 0
     assert params.convert_dicom.workers >= 1
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         params.split_folds.n_folds = 3  # type: ignore[misc]
-
-
-def test_params_file_lists_every_default_key():
-    """params.yaml spells out every setting, so nothing hides in code defaults."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    loaded = load_params(REPO / "params.yaml")
-    assert loaded == load_params(REPO / "params.yaml")
-
-    def keys(obj, prefix=""):
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            name = f.name.replace("_", "-") if prefix == "" and "_" in f.name else f.name
-            if dataclasses.is_dataclass(value):
-                yield from keys(value, f"{prefix}{name}.")
-            else:
-                yield f"{prefix}{name}"
-
-    for dotted in keys(Params()):
-        node = raw
-        for part in dotted.split("."):
-            assert part in node, f"params.yaml lacks {dotted}"
-            node = node[part]
 
 
 @pytest.mark.parametrize(
@@ -85,3 +75,161 @@ def test_bad_params_name_the_key(tmp_path, text, match):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+# ----------------------------------------------------------------- pydantic models
+
+
+def test_params_yaml_loads_into_frozen_typed_models():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params == load_params(REPO / "params.yaml")
+    tpc = params.train_per_condition
+    assert isinstance(tpc.training, TrainingConfig) and tpc.training.threads == 2
+    assert isinstance(tpc.backbones, tuple) and isinstance(tpc.training.folds, tuple)
+    assert isinstance(params.ingest.synthetic.sagittal_fov_mm[0], float)
+    for backbone in tpc.backbones:
+        assert isinstance(tpc.recipe(backbone), Recipe)
+    assert params.train_localizer.input_for("sagittal_t1").slices == 5
+    assert hash(params.split_folds) == hash(FoldsConfig(n_folds=5, seed=42))
+
+
+def test_params_yaml_spells_out_every_field():
+    """params.yaml names every setting (YAML spelling), so nothing hides in code defaults."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def check(model: type[BaseModel], node: dict, prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            assert key in node, f"params.yaml lacks {prefix}{key}"
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                check(info.annotation, node[key], f"{prefix}{key}.")
+
+    check(Params, raw, "")
+
+
+def test_frozen_model_refuses_assignment():
+    params = load_params(REPO / "params.yaml")
+    with pytest.raises(ValidationError, match="frozen"):
+        params.split_folds.n_folds = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        params.train_per_condition.training.epochs = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        params.crop_rois = CropConfig()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "dotted"),
+    [
+        ("train-per-condition:\n  training:\n    epoch: 3\n", "train-per-condition.training.epoch"),
+        (
+            "train-per-condition:\n  recipes:\n    resnet50: {lr: 0.1, warmup: 1.0}\n",
+            "train-per-condition.recipes.resnet50.warmup",
+        ),
+        (
+            "train-localizer:\n  inputs: {axial_t2: {slice: 3}}\n",
+            "train-localizer.inputs.axial_t2.slice",
+        ),
+        ("ingest:\n  synthetic:\n    n_studies: 3\n", "ingest.synthetic.n_studies"),
+        ("crop_rois:\n  slices: 3\n", "crop_rois"),  # the file spells sections with hyphens
+    ],
+)
+def test_unknown_nested_key_names_the_file_and_the_dotted_yaml_path(tmp_path, text, dotted):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: unknown key(s) {dotted} (expected some of [")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("ingest:\n  on_error: maybe\n", r"ingest\.on_error: expected one of \['raise', 'skip'\]"),
+        (
+            "train-per-condition:\n  training:\n    epochs: true\n",
+            r"train-per-condition\.training\.epochs: expected an integer, got True",
+        ),
+        (
+            "train-per-condition:\n  recipes:\n    resnet50: {lr: true}\n",
+            r"train-per-condition\.recipes\.resnet50\.lr: expected a number, got True",
+        ),
+        (
+            "train-per-condition:\n  training:\n    folds: '0'\n",
+            r"train-per-condition\.training\.folds: expected a list, got '0'",
+        ),
+        (
+            "train-per-condition:\n  training:\n    folds: [0, one]\n",
+            r"train-per-condition\.training\.folds\[1\]: expected an integer, got 'one'",
+        ),
+        (
+            "train-per-condition:\n  training:\n    class_weights: [1.0, 2.0]\n",
+            r"train-per-condition\.training\.class_weights: expected 3 values, got \[1\.0, 2\.0\]",
+        ),
+        ("predict:\n  explain: 'yes'\n", r"predict\.explain: expected true or false, got 'yes'"),
+        ("mlflow:\n  experiment: 3\n", r"mlflow\.experiment: expected a string, got 3"),
+        ("split-folds: 5\n", r"split-folds: expected a mapping, got 5"),
+        ("data: [unclosed\n", r"line 2: not valid YAML"),
+    ],
+)
+def test_strict_types_name_the_file_and_the_key(tmp_path, text, match):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: .*{match}") as info:
+        load_params(path)
+    assert "\n" not in str(info.value)
+
+
+def test_several_errors_are_reported_on_one_line(tmp_path):
+    path = _write(tmp_path, "convert-dicom:\n  workers: two\n  on_error: maybe\n  wokers: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == (
+        f"{path}: unknown key(s) convert-dicom.wokers (expected some of ['on_error', 'workers']); "
+        "convert-dicom.workers: expected an integer, got 'two'; "
+        "convert-dicom.on_error: expected one of ['raise', 'skip'], got 'maybe'"
+    )
+
+
+def test_backbone_without_recipe_is_an_error_at_load_time(tmp_path):
+    path = _write(
+        tmp_path,
+        "train-per-condition:\n"
+        "  backbones: [resnet50, densenet121]\n"
+        "  recipes:\n"
+        "    resnet50: {lr: 0.001}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == (
+        f"{path}: train-per-condition.recipes: no recipe for backbone(s) ['densenet121'] "
+        "listed in train-per-condition.backbones"
+    )
+
+
+def test_recipe_of_an_unknown_backbone_raises():
+    train = load_params(REPO / "params.yaml").train_per_condition
+    with pytest.raises(ConfigError, match=r"train-per-condition\.recipes: .*'densenet121'"):
+        train.recipe("densenet121")
+    with pytest.raises(ConfigError, match="no recipe for backbone 'resnet50'"):
+        TrainConfig().recipe("resnet50")  # no silent defaults in code either
+
+
+def test_models_take_attribute_names_as_keyword_arguments():
+    train = TrainConfig(
+        backbones=("resnet18",),
+        training=TrainingConfig(folds=[0, 2], epochs=1),
+        recipes={"resnet18": Recipe(lr=1e-3)},
+    )
+    assert train.training.folds == (0, 2) and train.recipe("resnet18").lr == 1e-3
+    params = Params(convert_dicom=ConvertConfig(workers=1), train_per_condition=train)
+    assert params.convert_dicom.workers == 1 and params.train_per_condition is train
+    assert params.model_dump(by_alias=True)["convert-dicom"] == {
+        "workers": 1,
+        "on_error": "raise",
+    }
+    updated = params.split_folds.model_copy(update={"n_folds": 3})
+    assert updated.n_folds == 3 and params.split_folds.n_folds == 5
+    assert LocalizerConfig().input_for("axial_t2") == LocalizerInput()  # optional inputs
+    with pytest.raises(ValidationError, match="valid integer"):
+        ConvertConfig(workers="two")  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spinegrade.core import vocab
-from spinegrade.data.crops import crop_25d, normalise_stack
+from spinegrade.data.crops import crop_25d, normalize_stack
 
 
 def _dot_volume(shape=(5, 100, 80), at=(2, 40, 30)):
@@ -58,9 +58,9 @@ def test_edges_are_padded_not_dropped():
     assert crop[2].max() > 0.5
 
 
-def test_normalise_stack_range():
+def test_normalize_stack_range():
     vol = np.random.default_rng(0).integers(0, 3000, size=(3, 20, 20)).astype(np.uint16)
-    out = normalise_stack(vol)
+    out = normalize_stack(vol)
     assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
 
 

@@ -163,3 +163,51 @@ def test_empty_series_dir_is_an_error(tmp_path):
     with pytest.raises(DicomError, match="no .dcm files"):
         read_series(tmp_path / "empty")
     shutil.rmtree(tmp_path / "empty")
+
+
+def _gradient_file(path: Path, stored: np.ndarray, photometric: str, **tags) -> Path:
+    """One slice holding ``stored`` (uint16) with the given photometric interpretation."""
+    ds = _axial_slice(0.0, 1, rows=stored.shape[0], cols=stored.shape[1])
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.PhotometricInterpretation = photometric
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("bits", [16, 12])
+def test_monochrome1_is_read_inverted(tmp_path, bits):
+    top = 2**bits - 1
+    gradient = np.linspace(0, top, 12 * 10).round().astype(np.uint16).reshape(12, 10)
+    tags = {"BitsStored": bits, "HighBit": bits - 1}
+    mono2 = read_slice(_gradient_file(tmp_path / "m2.dcm", gradient, "MONOCHROME2", **tags))
+    mono1 = read_slice(_gradient_file(tmp_path / "m1.dcm", top - gradient, "MONOCHROME1", **tags))
+    assert mono1.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(mono1.pixels, mono2.pixels)
+    assert mono1.pixels[-1, -1] > mono1.pixels[0, 0]  # stored low (bottom right) is bright
+
+
+def test_monochrome1_inverted_over_the_rescaled_range(tmp_path):
+    stored = np.arange(120, dtype=np.uint16).reshape(12, 10)
+    rescale = {"RescaleSlope": 2, "RescaleIntercept": -100}
+    mono1 = read_slice(_gradient_file(tmp_path / "m1.dcm", stored, "MONOCHROME1", **rescale))
+    lo, hi = -100.0, 65535 * 2 - 100.0  # the stored range 0..65535 rescaled
+    np.testing.assert_array_equal(mono1.pixels, (lo + hi) - (stored * 2.0 - 100))
+
+
+def test_rescale_slope_and_intercept_give_float32(tmp_path):
+    stored = np.arange(120, dtype=np.uint16).reshape(12, 10) * 30
+    rescale = {"RescaleSlope": 2, "RescaleIntercept": -100}
+    sl = read_slice(_gradient_file(tmp_path / "r.dcm", stored, "MONOCHROME2", **rescale))
+    assert sl.pixels.dtype == np.float32
+    np.testing.assert_array_equal(sl.pixels, stored.astype(np.float32) * 2 - 100)
+
+
+def test_no_rescale_keeps_stored_dtype_and_values(tmp_path):
+    stored = np.arange(120, dtype=np.uint16).reshape(12, 10) * 500
+    path = _gradient_file(tmp_path / "n.dcm", stored, "MONOCHROME2")
+    assert "RescaleSlope" not in pydicom.dcmread(path)
+    sl = read_slice(path)
+    assert sl.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(sl.pixels, stored)

@@ -15,11 +15,11 @@ from spinegrade.core import vocab
 from spinegrade.core.config import LocalizerConfig, LocalizerInput
 from spinegrade.core.errors import ConfigError
 from spinegrade.data.convert import load_stack
-from spinegrade.data.crops import normalise_stack
+from spinegrade.data.crops import normalize_stack
 from spinegrade.data.dicom import Stack
 from spinegrade.data.folds import split_folds
 from spinegrade.data.geometry import pixel_to_world
-from spinegrade.inference.localise import Localizer, project_to_axial
+from spinegrade.inference.localize import Localizer, project_to_axial
 from spinegrade.models.heatmap import (
     HeatmapNet,
     Prediction,
@@ -405,7 +405,7 @@ def _sagittal_sample():
         shape=(120, 90),
         spacing=(0.9, 0.7),
     )
-    return stack, make_sample(stack, normalise_stack(stack.pixels), None, TINY_INPUT, 5)
+    return stack, make_sample(stack, normalize_stack(stack.pixels), None, TINY_INPUT, 5)
 
 
 def _orig_of_heatmap_pixel(hx: float, hy: float) -> list[float]:
@@ -423,7 +423,7 @@ def test_make_sample_centres_on_the_stack_middle():
     assert s.centre_mm == pytest.approx((depths.min() + depths.max()) / 2)
     assert s.centre == 5
     assert np.all(s.slices == -1) and np.isnan(s.points).all()
-    axial = make_sample(stack, normalise_stack(stack.pixels), 2, TINY_INPUT, 5)
+    axial = make_sample(stack, normalize_stack(stack.pixels), 2, TINY_INPUT, 5)
     assert axial.centre == 2 and axial.centre_mm == pytest.approx(depths[2])
 
 
@@ -598,7 +598,7 @@ def test_localizer_round_trip(trained, tiny_ingest, tiny_volumes, tmp_path):
     slices = pd.read_csv(volumes_dir / "slices.csv")
     row = slices[slices["series_description"] == vocab.SAGITTAL_T2].iloc[0]
     stack = load_stack(volumes_dir / str(row.study_id) / str(row.series_id), int(row.stack))
-    (df,) = loc.locate(stack, normalise_stack(stack.pixels))
+    (df,) = loc.locate(stack, normalize_stack(stack.pixels))
     assert list(zip(df["condition"], df["level"], strict=True)) == loc.spec.keys
     assert df["slice"].between(0, len(stack.positions) - 1).all()
     h, w = stack.pixels.shape[1:]

@@ -181,7 +181,7 @@ def test_sample_weights_1_2_4():
     )
 
 
-def test_rows_are_clipped_then_renormalised():
+def test_rows_are_clipped_then_renormalized():
     cols = [f"left_neural_foraminal_narrowing_{lv}" for lv in vocab.LEVELS[:3]]
     sol = solution_from_wide(wide({1: dict(zip(cols, [N, M, S], strict=True))}))
     preds = submission(
@@ -220,7 +220,7 @@ def test_any_severe_term_by_hand():
             preds[f"{study}_{col}"] = (1 - q, 0.0, q)
     for col in SPINAL:
         preds[f"3_{col}"] = (1.0, 0.0, 0.0)
-    # Raw severe max, NOT renormalised: this row renormalised would give 1/3, raw gives 0.5.
+    # Raw severe max, NOT renormalized: this row renormalized would give 1/3, raw gives 0.5.
     preds[f"3_{SPINAL[4]}"] = (0.5, 0.5, 0.5)
     result = rsna_score(sol, submission(preds))
     expected = (4 * -math.log(0.6) + 2 * -math.log(1 - 0.25) + 1 * -math.log(1 - 0.5)) / 7

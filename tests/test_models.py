@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import socket
+
 import pytest
+import safetensors.torch
+import timm
 import torch
 
 from spinegrade.core.config import load_params
@@ -61,3 +66,41 @@ def test_local_weights_file(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="weights file .* not found"):
         create_backbone("resnet18", 3, 32, weights=str(tmp_path / "nope.pt"))
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("network access attempted")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_imagenet_checkpoint_adapted_to_slices_and_three_classes(tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    state = timm.create_model("resnet18", num_classes=1000, in_chans=3).state_dict()
+    path = tmp_path / f"imagenet{suffix}"
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(state, path)
+    else:
+        torch.save(state, path)
+    model = create_backbone("resnet18", in_chans=5, image_size=32, weights=str(path))
+    loaded = {k: v.clone() for k, v in model.state_dict().items()}  # before BN stats move
+    assert model(torch.zeros(2, 5, 32, 32)).shape == (2, 3)
+    expected_stem = timm.models.adapt_input_conv(5, state["conv1.weight"])
+    assert loaded["conv1.weight"].shape == (64, 5, 7, 7)
+    assert torch.equal(loaded["conv1.weight"], expected_stem)
+    assert torch.equal(loaded["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    assert torch.equal(loaded["bn1.running_var"], state["bn1.running_var"])
+    assert loaded["fc.weight"].shape == (3, 512) and loaded["fc.bias"].shape == (3,)
+    assert not torch.equal(loaded["fc.weight"], state["fc.weight"][:3])  # fresh head
+
+
+def test_missing_weights_file_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "absent" / "w.safetensors"
+    with pytest.raises(ConfigError, match=f"not found: {re.escape(str(path))}"):
+        create_backbone("resnet18", 3, 32, weights=str(path))
+
+
+def test_unloadable_weights_file_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=f"cannot load weights file {re.escape(str(path))}"):
+        create_backbone("resnet18", 3, 32, weights=str(path))

@@ -78,8 +78,8 @@ def test_localizers_and_predict_outputs(pipeline):
     assert len(sub) == 25 * 2 and sub["row_id"].is_unique
     report = json.loads((pipeline / "reports" / "predict.json").read_text())
     assert report["studies"] == 2 and report["rows"] == 50
-    assert set(report["rsna_score"]) == {"localised", "labelled_points", "class_prior"}
-    assert report["localisation"]["all"]["points"] > 0
+    assert set(report["rsna_score"]) == {"localized", "labelled_points", "class_prior"}
+    assert report["localization"]["all"]["points"] > 0
     assert list((pipeline / "data" / "predict" / "explain").rglob("*.png"))
 
 
@@ -150,11 +150,11 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
     )
     predict = children["predict"]
     assert {
-        "rsna_score.localised.score",
+        "rsna_score.localized.score",
         "rsna_score.labelled_points.score",
         "rsna_score.class_prior.score",
-        "localisation.all.error_mm_median",
-        "localisation.all.error_mm_p90",
+        "localization.all.error_mm_median",
+        "localization.all.error_mm_p90",
     } <= set(predict.data.metrics)
     assert "submission.csv" in {a.path for a in client.list_artifacts(predict.info.run_id)}
 

@@ -1,7 +1,7 @@
 """spinegrade predict on tiny synthetic test studies: format, order, fallbacks, explain, CLI.
 
 The models here are small and untrained (what they predict is not the point): these tests
-check the plumbing around them. That trained models localise and grade well is measured by
+check the plumbing around them. That trained models localize and grade well is measured by
 the predict stage (tests/test_pipeline.py on tiny data, reports/predict.json on the real
 run).
 """
@@ -26,10 +26,10 @@ from spinegrade.core.config import CropConfig, LocalizerInput
 from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV
 from spinegrade.data.tables import read_series_table
-from spinegrade.evaluation.localisation import localisation_errors, summarise_localisation
+from spinegrade.evaluation.localization import localization_errors, summarise_localization
 from spinegrade.inference.explain import grad_cam
 from spinegrade.inference.grading import Grader, select_backbones
-from spinegrade.inference.localise import MAX_AXIAL_MM, POINT_COLUMNS, Localizer
+from spinegrade.inference.localize import MAX_AXIAL_MM, POINT_COLUMNS, Localizer
 from spinegrade.inference.predict import Bundle, predict_studies
 from spinegrade.models.backbones import create_backbone
 from spinegrade.models.heatmap import HeatmapNet
@@ -96,7 +96,7 @@ def test_submission_has_25_rows_per_study_in_sample_submission_order(predicted):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
 
 
-def test_sagittal_levels_are_localised_and_axial_levels_projected(predicted):
+def test_sagittal_levels_are_localized_and_axial_levels_projected(predicted):
     series, result, _ = predicted
     pts = result.points
     assert list(pts.columns) == POINT_COLUMNS
@@ -106,7 +106,7 @@ def test_sagittal_levels_are_localised_and_axial_levels_projected(predicted):
         expected = 5 * (vocab.SAGITTAL_T2 in types) + 10 * (vocab.SAGITTAL_T1 in types)
         assert len(sagittal) == expected
         got = set(zip(rows["condition"], rows["level"], strict=True))
-        assert len(got) == len(rows), "a (condition, level) localised twice"
+        assert len(got) == len(rows), "a (condition, level) localized twice"
         # Each axial point sits on the slice its level's spinal point projects onto.
         spinal = rows[rows["condition"] == vocab.CONDITIONS[0]].set_index("level")
         axial = rows[rows["condition"].isin(vocab.GROUPS["subarticular"].conditions)]
@@ -169,23 +169,23 @@ def test_labelled_coordinates_are_graded_from_the_same_read(tiny_dataset, bundle
     series, found, _ = predicted
     coords = pd.read_csv(tiny_dataset / TEST_COORDINATES_CSV)
     both = predict_studies(tiny_dataset / "test_images", series, bundle, coordinates=coords)
-    pd.testing.assert_frame_equal(both.submission, found.submission)  # localised: unchanged
+    pd.testing.assert_frame_equal(both.submission, found.submission)  # localized: unchanged
     result = both.at_labels
     assert len(result.points) == len(coords)
     assert (result.points["source"] == "labels").all()
     assert result.submission["row_id"].tolist() == found.submission["row_id"].tolist()
     assert found.at_labels is None
-    errors = localisation_errors(found.points, result.points)
+    errors = localization_errors(found.points, result.points)
     assert len(errors) > 0 and (errors["error_mm"] >= 0).all()
     assert set(errors["group"]) <= set(vocab.GROUPS)
     # A point compared with itself is 0 mm away, on the same slice.
-    same = localisation_errors(result.points, result.points)
+    same = localization_errors(result.points, result.points)
     assert (same["error_mm"] == 0).all()
-    summary = summarise_localisation(same)
+    summary = summarise_localization(same)
     assert summary["all"]["slice_exact"] == 1.0 and summary["all"]["points"] == len(coords)
 
 
-def test_submission_rows_fill_ungraded_rows_with_the_prior_and_renormalise():
+def test_submission_rows_fill_ungraded_rows_with_the_prior_and_renormalize():
     graded = pd.DataFrame(
         {
             "row_id": [vocab.row_id(5, vocab.CONDITIONS[0], "l1_l2")],
@@ -261,7 +261,11 @@ def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
     tiny_ingest.labels.to_csv(root / "labels.csv", index=False)
     params = {
         "crop-rois": {"slices": CROP.slices, "size_px": CROP.size_px},
-        "train-per-condition": {"backbones": [BACKBONE], "training": {"threads": 1}},
+        "train-per-condition": {
+            "backbones": [BACKBONE],
+            "training": {"threads": 1},
+            "recipes": {BACKBONE: {}},
+        },
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return {"root": root}

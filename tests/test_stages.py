@@ -204,3 +204,13 @@ def test_dvc_repro_twice_from_empty_cache_gives_identical_hashes(tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dry = run_dvc(work, "status", *DATA_STAGES)
     assert "split-folds" in dry.stdout and "convert-dicom" not in dry.stdout
+
+
+def test_stages_import_the_library_not_the_command_line_or_the_generator():
+    for script in sorted((REPO / "stages").glob("*.py")):
+        code: set[str] = set()
+        _imports(script, code)
+        assert not any(m.startswith("src/spinegrade/cli/") for m in code), script.name
+        uses_generator = any(m.startswith("src/spinegrade/synthetic/") for m in code)
+        # Only ingest makes the synthetic dataset (data.source: synthetic).
+        assert uses_generator == (script.name == "ingest.py"), script.name

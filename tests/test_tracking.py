@@ -293,7 +293,7 @@ def test_git_commit_marks_dirty_trees_and_unknown_outside_git(tmp_path):
 LOG_RUN = "; ".join(
     [
         "import os, mlflow",
-        "from spinegrade import tracking",
+        "from spinegrade.tracking import store as tracking",
         "exp = tracking.setup('exp')",
         "mlflow.start_run(experiment_id=exp, run_name='from-dvc-exp')",
         "mlflow.set_tag('cwd', os.getcwd())",

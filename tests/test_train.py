@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,7 +116,8 @@ def test_train_group_backbone_out_of_fold_rows():
     )
     folds = pd.DataFrame({"study_id": np.arange(24), "fold": np.arange(24) % 3})
     cfg = TrainConfig(
-        training=dataclasses.replace(TrainingConfig(), folds=(0, 2), epochs=1, batch_size=16)
+        training=TrainingConfig(folds=(0, 2), epochs=1, batch_size=16),
+        recipes={"resnet18": Recipe()},
     )
     result = train_group_backbone(crops, index, folds, "spinal", "resnet18", cfg)
     assert sorted(result.oof["fold"].unique()) == [0, 2]

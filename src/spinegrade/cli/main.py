@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +13,6 @@ from spinegrade.core.errors import DataError
 from spinegrade.data.tables import read_labels, read_predictions
 
 SCORE_NAME = "rsna score (weighted log loss, lower is better)"
-
 
 SCORE_DESCRIPTION = f"""\
 Score predictions against labels with the official RSNA 2024 metric:
@@ -28,11 +27,10 @@ skipped, and prediction rows for them (or for other studies) are ignored.
                  Normal/Mild, Moderate, Severe or empty. Any subset of the studies.
   --predictions  submission format, header exactly: row_id,normal_mild,moderate,severe
                  (row_id e.g. 44036939_spinal_canal_stenosis_l1_l2). Values must be finite
-                 and >= 0; rows need not sum to 1 (they are renormalised after clipping).
+                 and >= 0; rows need not sum to 1 (they are renormalized after clipping).
 
 A labelled cell without a prediction row, duplicate row_ids or bad values are an error:
 one line on stderr naming the file and row_id(s), exit code 1."""
-
 
 SCORE_EPILOG = """\
 examples:
@@ -79,7 +77,7 @@ def format_score(result: dict[str, float]) -> str:
 
 
 PREDICT_DESCRIPTION = """\
-Grade studies that have no coordinates: localise the levels on each series type, crop
+Grade studies that have no coordinates: localize the levels on each series type, crop
 around them, grade the crops with the backbone compare-backbones chose per condition
 group, and write a submission in sample_submission format (25 rows per study, the three
 probabilities summing to 1).
@@ -92,7 +90,6 @@ reports/compare-backbones.json); the class prior for rows that cannot be graded 
 type missing, a level no axial slice reaches) comes from data/ingest/labels.csv. Each
 such case is a warning naming the study; a corrupt DICOM file is a warning naming the file
 (--on-error skip) or an error (--on-error raise)."""
-
 
 PREDICT_EPILOG = """\
 example:
@@ -162,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pred = sub.add_parser(
         "predict",
-        help="localise, crop and grade unseen studies; write a submission CSV",
+        help="localize, crop and grade unseen studies; write a submission CSV",
         description=PREDICT_DESCRIPTION,
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -171,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pred.add_argument("--series", required=True, metavar="CSV", help="series descriptions")
     pred.add_argument("--out", required=True, metavar="CSV", help="submission to write")
     pred.add_argument("--explain", metavar="DIR", help="write a Grad-CAM PNG per graded level")
-    pred.add_argument("--points", metavar="CSV", help="also write the localised points")
+    pred.add_argument("--points", metavar="CSV", help="also write the localized points")
     pred.add_argument(
         "--on-error",
         choices=["skip", "raise"],
@@ -180,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pred.add_argument("--models", default="models", help="graders (default: %(default)s)")
     pred.add_argument(
-        "--localizers", default="localizers", help="localisers (default: %(default)s)"
+        "--localizers", default="localizers", help="localizers (default: %(default)s)"
     )
     pred.add_argument(
         "--selection",
@@ -205,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def body() -> None:
             cfg = load_params(args.params).ingest.synthetic
             if args.studies is not None:
-                cfg = dataclasses.replace(cfg, n_train_studies=args.studies)
+                cfg = cfg.model_copy(update={"n_train_studies": args.studies})
             generate_dataset(cfg, args.out)
 
         return run(body)
@@ -219,3 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "predict":
         return run(lambda: predict_command(args))
     return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

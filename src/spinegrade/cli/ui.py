@@ -34,15 +34,11 @@ from spinegrade.tracking import store as tracking
 
 HOST = "127.0.0.1"
 
-
 DEFAULT_PORT = 5000
-
 
 DEFAULT_EXPERIMENT = "spinegrade"
 
-
 READY_TIMEOUT_S = 120.0
-
 
 STOP_TIMEOUT_S = 15.0
 
@@ -266,3 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             with _ignore_signals():  # a second Ctrl-C must not cut the cleanup short
                 stop_group(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,28 +1,63 @@
-"""Typed, frozen views of params.yaml, one dataclass per section.
+"""Typed, frozen views of params.yaml, one pydantic model per section.
 
-Sections are named after the stages that read them (``ingest``, ``convert-dicom``, ...).
-Loading validates every key: an unknown key, a missing key or a value of the wrong type
-raises :class:`ConfigError` naming the dotted key, so a typo never silently falls back to a
-default.
+Sections are named after the stages that read them (``ingest``, ``convert-dicom``, ...);
+hyphenated section names are aliases of snake_case attributes (``params.convert_dicom``).
+Loading validates every key: an unknown or mistyped key, or a value of the wrong type,
+raises :class:`ConfigError` naming the params file and the dotted key as spelt in the file
+(``params.yaml: train-per-condition.training.epochs: expected an integer, got 'five'``), so
+a typo never silently falls back to a default. Keys a file leaves out take the defaults
+below. Validation is strict: no string is read as a number, no number as a boolean.
+
+Built in Python, the models take their attribute names as keyword arguments
+(``TrainConfig(training=TrainingConfig(epochs=1))``); invalid values raise pydantic's
+``ValidationError`` (a ``ValueError``) there, and :func:`load_params` turns every such error
+into a one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.vocab import GROUPS, SERIES_SLUGS
 
+# Validation context set by load_params: checks that only hold for a whole params file.
+_PARAMS_FILE = "params_file"
 
-@dataclass(frozen=True)
-class DataConfig:
+_T = TypeVar("_T")
+
+
+def _list_to_tuple(value: Any) -> Any:
+    """YAML has lists, not tuples: take a list where a tuple is expected (strict mode
+    otherwise insists on a tuple); the items are still validated strictly."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+# A tuple field that a YAML list fills: ``_FromList[tuple[int, ...]]``.
+_FromList = Annotated[_T, BeforeValidator(_list_to_tuple)]
+
+
+class _Section(BaseModel):
+    """Every params model: unknown keys rejected, immutable, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+
+
+class DataConfig(_Section):
     """Where the RSNA-layout dataset comes from.
 
     Attributes:
@@ -36,20 +71,19 @@ class DataConfig:
     root: str = "data/rsna-2024-lumbar-spine-degenerative-classification"
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(_Section):
     """Size and quirk rates of the generated dataset (all rates are probabilities)."""
 
     seed: int = 2024
     n_train_studies: int = 200
     n_test_studies: int = 6
     workers: int = 2
-    sagittal_sizes: tuple[int, ...] = (224, 256, 288)
-    axial_sizes: tuple[int, ...] = (160, 192, 224)
+    sagittal_sizes: _FromList[tuple[int, ...]] = (224, 256, 288)
+    axial_sizes: _FromList[tuple[int, ...]] = (160, 192, 224)
     non_square_rate: float = 0.15
-    sagittal_fov_mm: tuple[float, float] = (220.0, 260.0)
-    axial_fov_mm: tuple[float, float] = (140.0, 180.0)
-    sagittal_slices: tuple[int, int] = (13, 17)
+    sagittal_fov_mm: _FromList[tuple[float, float]] = (220.0, 260.0)
+    axial_fov_mm: _FromList[tuple[float, float]] = (140.0, 180.0)
+    sagittal_slices: _FromList[tuple[int, int]] = (13, 17)
     missing_label_rate: float = 0.02
     missing_series_rate: float = 0.01
     multi_axial_rate: float = 0.17
@@ -60,24 +94,21 @@ class SyntheticConfig:
     noise_sigma: float = 0.04
 
 
-@dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(_Section):
     """ingest: how bad label rows are handled, and the generator's settings."""
 
     on_error: Literal["raise", "skip"] = "raise"
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
-@dataclass(frozen=True)
-class ConvertConfig:
+class ConvertConfig(_Section):
     """convert-dicom: parallelism and what to do with an unreadable file."""
 
     workers: int = 2
     on_error: Literal["raise", "skip"] = "raise"
 
 
-@dataclass(frozen=True)
-class CropConfig:
+class CropConfig(_Section):
     """crop-rois: 2.5D crop geometry.
 
     Attributes:
@@ -88,11 +119,12 @@ class CropConfig:
 
     slices: int = 3
     size_px: int = 64
-    size_mm: Mapping[str, float] = field(
+    size_mm: Mapping[str, float] = Field(
         default_factory=lambda: {"spinal": 40.0, "foraminal": 32.0, "subarticular": 36.0}
     )
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if self.slices < 1 or self.slices % 2 == 0:
             raise ConfigError(f"crop-rois.slices must be a positive odd number, got {self.slices}")
         if self.size_px < 8:
@@ -102,22 +134,23 @@ class CropConfig:
                 f"crop-rois.size_mm needs exactly the groups {sorted(GROUPS)}, "
                 f"got {sorted(self.size_mm)}"
             )
+        return self
 
 
-@dataclass(frozen=True)
-class FoldsConfig:
+class FoldsConfig(_Section):
     """split-folds: number of study-level folds and their seed."""
 
     n_folds: int = 5
     seed: int = 42
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if self.n_folds < 2:
             raise ConfigError(f"split-folds.n_folds must be at least 2, got {self.n_folds}")
+        return self
 
 
-@dataclass(frozen=True)
-class Recipe:
+class Recipe(_Section):
     """How one backbone is trained from scratch (per-backbone settings).
 
     Attributes:
@@ -133,20 +166,19 @@ class Recipe:
     weight_decay: float = 0.01
     schedule: Literal["cosine", "onecycle"] = "cosine"
     warmup_epochs: float = 0.0
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = Field(default_factory=dict)
     weights: str = ""
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(_Section):
     """Settings shared by every (group, backbone) training job."""
 
-    folds: tuple[int, ...] = (0,)
+    folds: _FromList[tuple[int, ...]] = (0,)
     epochs: int = 8
     patience: int = 3
     batch_size: int = 64
     loss: Literal["weighted_ce", "focal", "ce"] = "weighted_ce"
-    class_weights: tuple[float, float, float] = (1.0, 2.0, 4.0)
+    class_weights: _FromList[tuple[float, float, float]] = (1.0, 2.0, 4.0)
     focal_gamma: float = 2.0
     oversample: bool = False
     augment: bool = True
@@ -156,36 +188,70 @@ class TrainingConfig:
     threads: int = 2
     log_model: bool = True
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if not self.folds:
             raise ConfigError("train-per-condition.training.folds must name at least one fold")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ConfigError(
                 "train-per-condition.training: epochs, batch_size and patience must be >= 1"
             )
+        return self
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """train-per-condition: the matrix (groups x backbones), shared settings, recipes."""
+class TrainConfig(_Section):
+    """train-per-condition: the matrix (groups x backbones), shared settings, recipes.
 
-    groups: tuple[str, ...] = tuple(GROUPS)
-    backbones: tuple[str, ...] = ("resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224")
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    recipes: Mapping[str, Recipe] = field(default_factory=dict)
+    Attributes:
+        groups: condition groups to train (the DVC matrix's first axis).
+        backbones: timm names to train per group (the matrix's second axis).
+        training: settings shared by every job.
+        recipes: per-backbone settings, with no defaults: a params file that has this
+            section needs one for every listed backbone (else a ConfigError at load time),
+            and :meth:`recipe` raises ConfigError for a backbone without one.
+    """
 
-    def __post_init__(self) -> None:
+    groups: _FromList[tuple[str, ...]] = tuple(GROUPS)
+    backbones: _FromList[tuple[str, ...]] = (
+        "resnet50",
+        "convnext_tiny",
+        "swin_tiny_patch4_window7_224",
+    )
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    recipes: Mapping[str, Recipe] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Self:
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown:
             raise ConfigError(f"train-per-condition.groups: unknown group(s) {unknown}")
+        # Only for a params file: code and tests build TrainConfigs with partial recipes,
+        # and recipe() still refuses a backbone without one.
+        if info.context and info.context.get(_PARAMS_FILE):
+            missing = [b for b in self.backbones if b not in self.recipes]
+            if missing:
+                raise ConfigError(
+                    f"train-per-condition.recipes: no recipe for backbone(s) {missing} "
+                    "listed in train-per-condition.backbones"
+                )
+        return self
 
     def recipe(self, backbone: str) -> Recipe:
-        """The backbone's recipe (defaults when params give none)."""
-        return self.recipes.get(backbone, Recipe())
+        """The backbone's recipe.
+
+        Raises:
+            ConfigError: ``recipes`` has no entry for ``backbone`` (there is no default).
+        """
+        try:
+            return self.recipes[backbone]
+        except KeyError:
+            raise ConfigError(
+                f"train-per-condition.recipes: no recipe for backbone {backbone!r} "
+                f"(recipes are given for {sorted(self.recipes)})"
+            ) from None
 
 
-@dataclass(frozen=True)
-class LocalizerInput:
+class LocalizerInput(_Section):
     """One series type's localiser input and training length.
 
     Attributes:
@@ -200,15 +266,16 @@ class LocalizerInput:
     image_px: int = 128
     epochs: int = 12
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if self.slices < 1 or self.slices % 2 == 0 or self.step_mm <= 0:
             raise ConfigError("slices must be odd and >= 1, step_mm > 0")
         if self.image_px < 32 or self.image_px % 32 or self.epochs < 1:
             raise ConfigError("image_px must be a multiple of 32, epochs >= 1")
+        return self
 
 
-@dataclass(frozen=True)
-class LocalizerConfig:
+class LocalizerConfig(_Section):
     """train-localizer: one heatmap model per series type (a timm encoder + light decoder).
 
     Attributes:
@@ -220,11 +287,11 @@ class LocalizerConfig:
         val_fold: fold held out to measure point error (the model trains on the others).
     """
 
-    series: tuple[str, ...] = ("sagittal_t2", "sagittal_t1", "axial_t2")
+    series: _FromList[tuple[str, ...]] = ("sagittal_t2", "sagittal_t1", "axial_t2")
     encoder: str = "mobilenetv2_100"
     decoder_channels: int = 32
     sigma_px: float = 1.5
-    inputs: Mapping[str, LocalizerInput] = field(default_factory=dict)
+    inputs: Mapping[str, LocalizerInput] = Field(default_factory=dict)
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -233,7 +300,8 @@ class LocalizerConfig:
     seed: int = 42
     threads: int = 2
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         unknown = [s for s in (*self.series, *self.inputs) if s not in SERIES_SLUGS.values()]
         if unknown:
             raise ConfigError(
@@ -242,14 +310,15 @@ class LocalizerConfig:
             )
         if self.batch_size < 1 or self.sigma_px <= 0:
             raise ConfigError("train-localizer: batch_size must be >= 1 and sigma_px > 0")
+        return self
 
     def input_for(self, series: str) -> LocalizerInput:
-        """The series type's input (defaults when params give none)."""
+        """The series type's input; :class:`LocalizerInput`'s defaults when ``inputs`` has
+        none for it (unlike recipes, inputs are optional per series type)."""
         return self.inputs.get(series, LocalizerInput())
 
 
-@dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(_Section):
     """predict: grading the held-out test studies end to end.
 
     Attributes:
@@ -261,127 +330,143 @@ class PredictConfig:
     on_error: Literal["raise", "skip"] = "skip"
 
 
-@dataclass(frozen=True)
-class MlflowConfig:
+class MlflowConfig(_Section):
     """Where runs go. MLFLOW_TRACKING_URI overrides the default SQLite store in mlruns/."""
 
     experiment: str = "spinegrade"
 
 
-@dataclass(frozen=True)
-class Params:
-    """All of params.yaml."""
+class Params(_Section):
+    """All of params.yaml (hyphenated section names are the attributes' aliases)."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    convert_dicom: ConvertConfig = field(default_factory=ConvertConfig)
-    crop_rois: CropConfig = field(default_factory=CropConfig)
-    split_folds: FoldsConfig = field(default_factory=FoldsConfig)
-    train_per_condition: TrainConfig = field(default_factory=TrainConfig)
-    train_localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
-
-def _yaml_key(name: str) -> str:
-    """Dataclass field name -> params.yaml key (section names use the stage's hyphens)."""
-    return name.replace("_", "-") if name in _HYPHENATED else name
+    data: DataConfig = Field(default_factory=DataConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    convert_dicom: ConvertConfig = Field(default_factory=ConvertConfig, alias="convert-dicom")
+    crop_rois: CropConfig = Field(default_factory=CropConfig, alias="crop-rois")
+    split_folds: FoldsConfig = Field(default_factory=FoldsConfig, alias="split-folds")
+    train_per_condition: TrainConfig = Field(
+        default_factory=TrainConfig, alias="train-per-condition"
+    )
+    train_localizer: LocalizerConfig = Field(
+        default_factory=LocalizerConfig, alias="train-localizer"
+    )
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
 
-_HYPHENATED = {
-    "convert_dicom",
-    "crop_rois",
-    "split_folds",
-    "train_per_condition",
-    "train_localizer",
+# --------------------------------------------------------------------------- errors
+
+# pydantic error type -> what the key expected (strict mode's type errors).
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "mapping_type": "a mapping",
+    "model_type": "a mapping",
 }
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return from_mapping(tp, value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
-        return value
-    if origin in (tuple,):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(
-            _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
-    if origin in (Mapping, dict) or tp is Mapping:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        vt = args[1] if args else Any
-        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    return value
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location -> ``train-per-condition.training.folds[0]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
 
 
-def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``raw``, validating keys and types.
+def _annotation_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> Any:
+    """The type expected at ``loc`` below ``model`` (None if the path leaves the schema)."""
+    tp: Any = model
+    for part in loc:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = tp.model_fields
+            tp = next((f.annotation for n, f in fields.items() if part in (n, f.alias)), None)
+        elif origin in (Mapping, dict) and len(args) == 2:
+            tp = args[1]
+        elif origin is tuple and isinstance(part, int):
+            tp = args[0] if args[1:] == (Ellipsis,) else args[part] if part < len(args) else None
+        else:
+            return None
+    return tp
 
-    Keys missing from ``raw`` take the dataclass default. Raises ConfigError naming the
-    dotted key of an unknown key or a bad value.
+
+def _format_validation_error(exc: ValidationError, model: type[BaseModel] = Params) -> str:
+    """All of a ValidationError on one line, each error naming its dotted YAML key:
+    ``crop-rois.slices: expected an integer, got 'three'``.
+
+    Unknown keys come first, per section, with the keys the section accepts; a
+    validator's own message is kept as it is (prefixed with its key unless it names it).
     """
-    hints = typing.get_type_hints(cls)
-    fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown key(s) {', '.join(where + str(k) for k in unknown)}; "
-            f"expected some of {sorted(fields)}"
-        )
-    kwargs = {}
-    for ykey, f in fields.items():
-        if ykey in raw:
-            dotted = f"{prefix}.{ykey}" if prefix else ykey
-            kwargs[f.name] = _coerce(raw[ykey], hints[f.name], dotted)
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        if prefix and not str(exc).startswith(prefix.split(".")[0]):
-            raise ConfigError(f"{prefix}: {exc}") from None
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix or 'params'}: {exc}") from exc
+    unknown: dict[tuple[int | str, ...], list[str]] = {}
+    parts: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc, kind, got = tuple(err["loc"]), err["type"], err.get("input")
+        if kind == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(_dotted(loc))
+            continue
+        if loc and loc[-1] == "[key]":  # loc is (..., mapping, bad key, "[key]")
+            parts.append(f"{_dotted(loc[:-2])}: keys must be strings, got {got!r}")
+            continue
+        if kind == "missing" and loc and isinstance(loc[-1], int):
+            loc, kind = loc[:-1], "too_short"  # a fixed-length list an item short
+        key, tp = _dotted(loc), _annotation_at(model, loc)
+        if kind in ("value_error", "assertion_error") and "error" in err.get("ctx", {}):
+            msg = str(err["ctx"]["error"])
+            keyed = not key or msg.startswith((f"{key}.", f"{key}:", f"{key} "))
+            parts.append(msg if keyed else f"{key}: {msg}")
+            continue
+        if kind == "literal_error" and typing.get_origin(tp) is Literal:
+            expected = f"one of {list(typing.get_args(tp))}"
+        elif kind in ("too_short", "too_long") and typing.get_origin(tp) is tuple:
+            expected = f"{len(typing.get_args(tp))} values"
+        else:
+            expected = _EXPECTED.get(kind, "")
+        shown = repr(list(got) if isinstance(got, tuple) else got)  # as the YAML list
+        what = f"expected {expected}" if expected else err["msg"]
+        parts.append(f"{key}: {what}, got {shown}")
+    for section, keys in reversed(unknown.items()):
+        fields = _annotation_at(model, section).model_fields
+        accepted = sorted(f.alias or n for n, f in fields.items())
+        parts.insert(0, f"unknown key(s) {', '.join(keys)} (expected some of {accepted})")
+    return "; ".join(parts)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; raise ConfigError naming the bad key."""
+    """Read and validate a params file.
+
+    Raises:
+        ConfigError: for any problem, in one line naming the file and the dotted key
+            (``params.yaml: convert-dicom.workers: expected an integer, got 'two'``).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return from_mapping(Params, raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        # by_name=False: the file must use the YAML spellings (convert-dicom, not
+        # convert_dicom), so each key has one name there.
+        return Params.model_validate(
+            raw, by_alias=True, by_name=False, context={_PARAMS_FILE: str(path)}
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_format_validation_error(exc)}") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class ConfigError(ValueError):
     """A params file that does not match the expected schema."""
@@ -15,4 +17,6 @@ class DicomError(ValueError):
     """An unreadable, truncated or geometry-less DICOM file; the message names it."""
 
 
-EXPECTED_ERRORS = (ConfigError, DataError, DicomError, FileNotFoundError)
+# pydantic's ValidationError: a config model built from a file other than params.yaml (a
+# trained localizer's localizer.json) with a bad value.
+EXPECTED_ERRORS = (ConfigError, DataError, DicomError, FileNotFoundError, ValidationError)

@@ -1,7 +1,7 @@
 """The dataset's vocabulary: conditions, levels, severities, series types, groups, row ids.
 
 Every per-condition loop in the project is generated from the tuples here, and every
-spelling that appears in the RSNA files is defined here once (see docs: rsna-data.md).
+spelling that appears in the RSNA files is defined here once (see docs: docs/rsna-data.md).
 """
 
 from __future__ import annotations
@@ -19,56 +19,41 @@ CONDITIONS: tuple[str, ...] = (
     "right_subarticular_stenosis",
 )
 
-
 # The spelling train_label_coordinates.csv uses for each condition.
 CONDITION_NAMES: dict[str, str] = {c: c.replace("_", " ").title() for c in CONDITIONS}
 
-
 CONDITION_FROM_NAME: dict[str, str] = {v: k for k, v in CONDITION_NAMES.items()}
-
 
 LEVELS: tuple[str, ...] = ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
 
-
 LEVEL_NAMES: dict[str, str] = {lv: lv.upper().replace("_", "/") for lv in LEVELS}
 
-
 LEVEL_FROM_NAME: dict[str, str] = {v: k for k, v in LEVEL_NAMES.items()}
-
 
 # Severity strings as train.csv spells them, in class-index order.
 SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")
 
-
 SEVERITY_COLUMNS: tuple[str, ...] = ("normal_mild", "moderate", "severe")
-
 
 SEVERITY_INDEX: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
-
-# Sample weights of the official metric (rsna-metric.md), by class index.
+# Sample weights of the official metric (docs/rsna-metric.md), by class index.
 SEVERITY_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)
-
 
 SAGITTAL_T1 = "Sagittal T1"
 
-
 SAGITTAL_T2 = "Sagittal T2/STIR"
-
 
 AXIAL_T2 = "Axial T2"
 
-
 SERIES_TYPES: tuple[str, ...] = (SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2)
 
-
-# File- and param-safe names of the series types (localiser directories, matrix keys).
+# File- and param-safe names of the series types (localizer directories, matrix keys).
 SERIES_SLUGS: dict[str, str] = {
     SAGITTAL_T1: "sagittal_t1",
     SAGITTAL_T2: "sagittal_t2",
     AXIAL_T2: "axial_t2",
 }
-
 
 SERIES_FROM_SLUG: dict[str, str] = {v: k for k, v in SERIES_SLUGS.items()}
 
@@ -93,21 +78,16 @@ GROUPS: dict[str, Group] = {
     "subarticular": Group("subarticular", CONDITIONS[3:5], AXIAL_T2),
 }
 
-
 GROUP_OF_CONDITION: dict[str, str] = {c: g.name for g in GROUPS.values() for c in g.conditions}
-
 
 SERIES_TYPE_OF_CONDITION: dict[str, str] = {
     c: g.series_type for g in GROUPS.values() for c in g.conditions
 }
 
-
 TRAIN_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for c in CONDITIONS for lv in LEVELS)
-
 
 # Exact headers of the competition files.
 TRAIN_CSV_HEADER: tuple[str, ...] = ("study_id", *TRAIN_COLUMNS)
-
 
 COORDINATES_CSV_HEADER: tuple[str, ...] = (
     "study_id",
@@ -119,9 +99,7 @@ COORDINATES_CSV_HEADER: tuple[str, ...] = (
     "y",
 )
 
-
 SERIES_CSV_HEADER: tuple[str, ...] = ("study_id", "series_id", "series_description")
-
 
 SUBMISSION_HEADER: tuple[str, ...] = ("row_id", *SEVERITY_COLUMNS)
 
@@ -129,7 +107,6 @@ SUBMISSION_HEADER: tuple[str, ...] = ("row_id", *SEVERITY_COLUMNS)
 # its held-out test studies (read by the predict stage to score itself, never by training).
 TEST_LABELS_CSV = "synthetic_test_labels.csv"
 TEST_COORDINATES_CSV = "synthetic_test_label_coordinates.csv"
-
 
 INT64_MAX = 2**63 - 1
 

@@ -1,2 +1,2 @@
 """data: ingest, CSV tables, DICOM reading and geometry, conversion, crops, folds, and the
-inputs models read (crop tensors, localiser samples)."""
+inputs models read (crop tensors, localizer samples)."""

@@ -27,7 +27,6 @@ from spinegrade.data.dicom import Stack, read_series
 
 log = logging.getLogger(__name__)
 
-
 SLICE_COLUMNS = (
     "study_id",
     "series_id",

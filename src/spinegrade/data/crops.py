@@ -22,7 +22,6 @@ from spinegrade.core.config import CropConfig
 
 log = logging.getLogger(__name__)
 
-
 INDEX_COLUMNS = (
     "study_id",
     "condition",
@@ -41,7 +40,7 @@ INDEX_COLUMNS = (
 )
 
 
-def normalise_stack(pixels: np.ndarray) -> np.ndarray:
+def normalize_stack(pixels: np.ndarray) -> np.ndarray:
     """(S, H, W) any dtype -> float32 in [0, 1] by the stack's 0.5/99.5 percentiles."""
     lo, hi = np.percentile(pixels, [0.5, 99.5]).astype(np.float32)
     scale = (hi - lo) if hi > lo else np.float32(1.0)
@@ -134,7 +133,7 @@ def build_crops(
         key = (study, series, stack)
         if key not in cache:
             cache.clear()  # rows are sorted by series: keep one stack in memory
-            cache[key] = normalise_stack(
+            cache[key] = normalize_stack(
                 np.load(volumes_dir / str(study) / str(series) / f"stack{stack}.npy")
             )
         return cache[key]

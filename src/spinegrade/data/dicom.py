@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_rescale
 
 from spinegrade.core.errors import DicomError
 from spinegrade.data.geometry import slice_normal
 
 log = logging.getLogger(__name__)
-
 
 # Geometry tags a slice must carry.
 REQUIRED_TAGS = (
@@ -30,7 +30,6 @@ REQUIRED_TAGS = (
     "PixelSpacing",
     "InstanceNumber",
 )
-
 
 ORIENTATION_DECIMALS = 3
 
@@ -52,7 +51,8 @@ class Stack:
     """Slices of one orientation and shape, sorted by position along the normal.
 
     Attributes:
-        pixels: (S, H, W) array, the series' stored values (rescaled when the file says so).
+        pixels: (S, H, W) array, the series' stored values (rescaled when the file says so;
+            MONOCHROME1 inverted so that higher is brighter).
         positions: (S, 3) ImagePositionPatient per slice, mm.
         orientation: (6,) ImageOrientationPatient shared by the stack.
         spacing: (2,) PixelSpacing [row, col], mm.
@@ -109,10 +109,10 @@ def read_slice(path: str | Path) -> Slice:
         raise DicomError(
             f"{path}: expected one 2D monochrome frame, got pixel shape {pixels.shape}"
         )
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if slope != 1 or intercept != 0:
-        pixels = pixels.astype(np.float32) * slope + intercept
+    try:
+        pixels = _display_values(pixels, ds)
+    except (TypeError, ValueError, AttributeError) as exc:  # e.g. an empty Rescale Slope
+        raise DicomError(f"{path}: cannot apply its rescale ({type(exc).__name__}: {exc})") from exc
     thickness = ds.get("SliceThickness")
     return Slice(
         pixels=pixels,
@@ -122,6 +122,42 @@ def read_slice(path: str | Path) -> Slice:
         instance_number=int(ds.InstanceNumber),
         thickness=float(thickness) if thickness not in (None, "") else None,
     )
+
+
+def _modality_values(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Stored values through the Modality LUT / rescale (pydicom's ``apply_rescale``).
+
+    An applied rescale gives float32; an identity rescale (slope 1, intercept 0) or none
+    keeps ``arr`` and its integer dtype; a Modality LUT gives pydicom's unsigned integers.
+    """
+    out = apply_rescale(arr, ds)
+    if out.dtype.kind != "f":
+        return out
+    if float(ds.RescaleSlope) == 1 and float(ds.RescaleIntercept) == 0:
+        return arr
+    return out.astype(np.float32)
+
+
+def _display_values(pixels: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Modality values of ``pixels`` with higher meaning brighter (MONOCHROME1 inverted).
+
+    pydicom 3 has no MONOCHROME1 inversion: ``apply_voi_lut``/``apply_windowing`` keep the
+    polarity and ``apply_presentation_lut`` only acts on Presentation LUT tags (its INVERSE
+    is ``arr.max() - arr``, which would depend on each slice's content). So a MONOCHROME1
+    slice is mirrored over the modality range of its stored bits: ``lo + hi - value``, the
+    same mapping for every slice of a series.
+    """
+    values = _modality_values(pixels, ds)
+    if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME1":
+        return values
+    bits = int(ds.BitsStored)
+    if int(ds.PixelRepresentation) == 1:
+        stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1])
+    else:
+        stored = np.array([0, 2**bits - 1])
+    ends = _modality_values(stored, ds)
+    lo, hi = ends.min().item(), ends.max().item()
+    return (lo + hi - np.clip(values, lo, hi)).astype(values.dtype)
 
 
 def stack_slices(slices: list[Slice]) -> list[Stack]:

@@ -1,4 +1,4 @@
-"""DICOM patient-coordinate geometry (LPS, millimetres), as rsna-data.md describes it.
+"""DICOM patient-coordinate geometry (LPS, millimetres), as docs/rsna-data.md describes it.
 
 A slice is described by ImagePositionPatient (IPP, the centre of the first pixel),
 ImageOrientationPatient (IOP: row direction R = IOP[0:3], column direction C = IOP[3:6])

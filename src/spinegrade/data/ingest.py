@@ -23,9 +23,7 @@ from spinegrade.data.tables import read_csv_checked, series_row_problem
 
 log = logging.getLogger(__name__)
 
-
 OnError = Literal["raise", "skip"]
-
 
 LABEL_COLUMNS = (
     "study_id",
@@ -38,7 +36,6 @@ LABEL_COLUMNS = (
     "y",
     "series_description",
 )
-
 
 SERIES_COLUMNS = (
     "split",
@@ -189,7 +186,7 @@ def ingest(root: str | Path, on_error: OnError = "raise") -> IngestResult:
     """Validate the dataset at ``root`` and build the long label table.
 
     Args:
-        root: directory with the competition's files (rsna-data.md layout).
+        root: directory with the competition's files (docs/rsna-data.md layout).
         on_error: ``raise`` on the first bad row, or ``skip`` it and report it.
 
     Returns:

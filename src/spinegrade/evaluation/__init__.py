@@ -1,1 +1,1 @@
-"""evaluation: scoring out-of-fold predictions, comparing backbones, localisation error."""
+"""evaluation: scoring out-of-fold predictions, comparing backbones, localization error."""

@@ -6,6 +6,9 @@ GFLOPs are counted by torch.utils.flop_counter at the crops' real size and chann
 
 from __future__ import annotations
 
+import matplotlib
+
+matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""How far the localised points lie from the labelled ones (predict's report)."""
+"""How far the localized points lie from the labelled ones (predict's report)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 
 from spinegrade.core import vocab
+from spinegrade.models.heatmap import point_error_stats
 
 
-def localisation_errors(found: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
+def localization_errors(found: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
     """Per labelled point that was also found: 3D distance in mm between the two."""
     keys = ["study_id", "condition", "level"]
     both = found.merge(labelled, on=keys, suffixes=("", "_true"))
@@ -29,16 +30,11 @@ def localisation_errors(found: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataF
     )
 
 
-def summarise_localisation(errors: pd.DataFrame) -> dict:
+def summarise_localization(errors: pd.DataFrame) -> dict:
     """Median and 90th percentile point error (mm), and the share of points found on the
     labelled series and slice, overall and per group."""
 
     def stats(e: pd.DataFrame) -> dict:
-        return {
-            "points": len(e),
-            "error_mm_median": float(e["error_mm"].median()) if len(e) else 0.0,
-            "error_mm_p90": float(e["error_mm"].quantile(0.9)) if len(e) else 0.0,
-            "slice_exact": float((e["slice_error"] == 0).mean()) if len(e) else 0.0,
-        }
+        return {"points": len(e), **point_error_stats(e)}
 
     return {"all": stats(errors), **{g: stats(errors[errors["group"] == g]) for g in vocab.GROUPS}}

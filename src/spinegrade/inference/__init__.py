@@ -1,1 +1,1 @@
-"""inference: reading, localising, grading and explaining unseen studies (`spinegrade predict`)."""
+"""inference: reading, localizing, grading and explaining unseen studies (`spinegrade predict`)."""

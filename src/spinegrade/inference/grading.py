@@ -19,7 +19,7 @@ from spinegrade.core.errors import DataError
 from spinegrade.core.runtime import device
 from spinegrade.data.crops import crop_25d
 from spinegrade.inference.studies import StudyVolumes
-from spinegrade.models.backbones import create_backbone, input_normalisation, predict_proba
+from spinegrade.models.backbones import create_backbone, input_normalization, predict_proba
 from spinegrade.models.inputs import CropDataset
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def load_graders(
             models.append(model.to(device()).eval())
         mean, std = (None, None)
         if train.training.normalize == "model":
-            mean, std = input_normalisation(models[0])
+            mean, std = input_normalization(models[0])
         graders[group] = Grader(group, backbone, models, mean, std)
         log.info("%s: grading with %s (%d fold model(s))", group, backbone, len(models))
     return graders

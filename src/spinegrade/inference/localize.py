@@ -1,9 +1,9 @@
-"""Localisation at prediction time: find the points a grader crops around, in a study
+"""Localization at prediction time: find the points a grader crops around, in a study
 without coordinates.
 
-Sagittal T2/STIR and Sagittal T1 points come from their localisers; the axial level slices
+Sagittal T2/STIR and Sagittal T1 points come from their localizers; the axial level slices
 are not predicted: each level's sagittal point is projected through the DICOM geometry onto
-the study's axial stacks (``project_to_axial``), and the axial localiser finds the two
+the study's axial stacks (``project_to_axial``), and the axial localizer finds the two
 subarticular points on that slice.
 """
 
@@ -30,7 +30,7 @@ from spinegrade.models.points import PointSpec, make_sample, point_spec
 
 @dataclass
 class Localizer:
-    """A trained localiser, ready to find points in a stack."""
+    """A trained localizer, ready to find points in a stack."""
 
     model: HeatmapNet
     spec: PointSpec
@@ -42,7 +42,7 @@ class Localizer:
         directory = Path(directory)
         meta_path = directory / "localizer.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"no trained localiser at {directory} (missing localizer.json)")
+            raise FileNotFoundError(f"no trained localizer at {directory} (missing localizer.json)")
         meta = json.loads(meta_path.read_text())
         spec = point_spec(meta["series"])
         model = HeatmapNet(
@@ -53,9 +53,9 @@ class Localizer:
         return cls(model, spec, LocalizerInput(**meta["input"]))
 
     def locate(
-        self, stack: Stack, normalised: np.ndarray, centres: Iterable[int | None] = (None,)
+        self, stack: Stack, normalized: np.ndarray, centres: Iterable[int | None] = (None,)
     ) -> list[pd.DataFrame]:
-        """Points in ``stack`` (normalised pixels (S, H, W) in [0, 1]), one table per centre.
+        """Points in ``stack`` (normalized pixels (S, H, W) in [0, 1]), one table per centre.
 
         Args:
             centres: None for a sagittal stack (centred on its middle); for axial, the
@@ -66,7 +66,7 @@ class Localizer:
             original pixel grid; level is "" for axial points.
         """
         samples = [
-            make_sample(stack, normalised, c, self.inp, len(self.spec.keys)) for c in centres
+            make_sample(stack, normalized, c, self.inp, len(self.spec.keys)) for c in centres
         ]
         pred = run_model(self.model, np.stack([s.image for s in samples]))
         out = []
@@ -92,7 +92,7 @@ def project_to_axial(
 ) -> tuple[int, int, int, float] | None:
     """The axial slice a sagittal level point falls on, through the DICOM geometry.
 
-    For each candidate slice, ``d = dot(normal, point - IPP)`` (rsna-data.md); the slice
+    For each candidate slice, ``d = dot(normal, point - IPP)`` (docs/rsna-data.md); the slice
     with the smallest ``|d|`` whose image contains the projected point wins.
 
     Args:
@@ -130,7 +130,6 @@ POINT_COLUMNS = [
     "source",
 ]
 
-
 # Farthest an axial slice may lie from a projected level point and still show the level.
 MAX_AXIAL_MM = 10.0
 
@@ -157,10 +156,10 @@ def _with_world(df: pd.DataFrame, study: int, series: int, k: int, st: Stack, so
     )[POINT_COLUMNS]
 
 
-def localise_study(
+def localize_study(
     vols: StudyVolumes, localizers: dict[str, Localizer], warn: Callable[[str], None]
 ) -> pd.DataFrame:
-    """The study's points (POINT_COLUMNS) found by the localisers."""
+    """The study's points (POINT_COLUMNS) found by the localizers."""
     found: list[pd.DataFrame] = []
     for series_type in (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1):
         entries = vols.series(series_type)

@@ -1,7 +1,7 @@
-"""predict: grade studies that have no coordinates: localise, crop, grade, submit.
+"""predict: grade studies that have no coordinates: localize, crop, grade, submit.
 
 Per study: read each listed series (DICOM, sorted into stacks as convert-dicom does),
-find the level points with the per-series-type localisers (axial level slices by
+find the level points with the per-series-type localizers (axial level slices by
 projecting the sagittal level points through the geometry), cut the same 2.5D crops as
 crop-rois around them, grade them with the backbone compare-backbones chose per group,
 and write the sample_submission format: 25 rows per study, study by study, conditions
@@ -24,10 +24,10 @@ from spinegrade.core import vocab
 from spinegrade.core.config import CropConfig, TrainConfig
 from spinegrade.inference.explain import write_explanations
 from spinegrade.inference.grading import Grader, grade_points, load_graders, select_backbones
-from spinegrade.inference.localise import (
+from spinegrade.inference.localize import (
     POINT_COLUMNS,
     Localizer,
-    localise_study,
+    localize_study,
     points_from_coordinates,
 )
 from spinegrade.inference.studies import read_study
@@ -55,7 +55,7 @@ def load_bundle(
     train: TrainConfig,
     crop: CropConfig,
 ) -> Bundle:
-    """Graders chosen by compare-backbones, the three localisers, and the class prior.
+    """Graders chosen by compare-backbones, the three localizers, and the class prior.
 
     Args:
         models_dir: train-per-condition outputs ({group}/{backbone}/).
@@ -104,16 +104,16 @@ def predict_studies(
     explain_dir: str | Path | None = None,
 ) -> PredictResult:
     """Grade every study of ``series`` (a test_series_descriptions table) at the points
-    the localisers find.
+    the localizers find.
 
     Args:
         images_dir: ``test_images``-style tree: {study}/{series}/{instance}.dcm.
         series: study_id, series_id, series_description rows.
-        bundle: graders, localisers, class prior and crop geometry (load_bundle).
+        bundle: graders, localizers, class prior and crop geometry (load_bundle).
         coordinates: labelled coordinates (train_label_coordinates format): also grade
-            at them, into ``at_labels`` (to measure what localisation costs).
+            at them, into ``at_labels`` (to measure what localization costs).
         on_error: ``skip`` a corrupt file with a warning naming it, or ``raise``.
-        explain_dir: write a Grad-CAM PNG per graded (localised) row under it.
+        explain_dir: write a Grad-CAM PNG per graded (localized) row under it.
     """
     study_ids = list(dict.fromkeys(series["study_id"].astype("int64").tolist()))
     warnings: list[str] = []
@@ -122,10 +122,10 @@ def predict_studies(
         warnings.append(message)
         log.warning("%s", message)
 
-    found: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"localised": [], "labels": []}
+    found: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"localized": [], "labels": []}
     for study in tqdm(study_ids, desc="predict", unit="study"):
         vols = read_study(images_dir, study, series[series["study_id"] == study], on_error, warn)
-        points = {"localised": localise_study(vols, bundle.localizers, warn)}
+        points = {"localized": localize_study(vols, bundle.localizers, warn)}
         if coordinates is not None:
             mine = coordinates[coordinates["study_id"] == study]
             points["labels"] = points_from_coordinates(vols, mine)
@@ -133,7 +133,7 @@ def predict_studies(
             if not len(pts):
                 continue
             graded, crops = grade_points(vols, pts, bundle.graders, bundle.crop)
-            if explain_dir is not None and key == "localised":
+            if explain_dir is not None and key == "localized":
                 write_explanations(explain_dir, graded, crops, pts, bundle.graders)
             found[key].append((graded, pts))
     prior = class_prior_submission(bundle.prior_solution, study_ids)
@@ -149,7 +149,7 @@ def predict_studies(
             log.info("%s: %d of %d rows took the class prior", key, n_prior, len(submission))
         return PredictResult(submission, points.reset_index(drop=True), warnings)
 
-    out = result("localised")
+    out = result("localized")
     if coordinates is not None:
         out.at_labels = result("labels")
     return out

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 
 from spinegrade.core.errors import DicomError
-from spinegrade.data.crops import normalise_stack
+from spinegrade.data.crops import normalize_stack
 from spinegrade.data.dicom import Stack, read_series
 
 
 @dataclass
 class StudyVolumes:
-    """A study's readable stacks by series type: (series_id, stack index, Stack, normalised)."""
+    """A study's readable stacks by series type: (series_id, stack index, Stack, normalized)."""
 
     study_id: int
     stacks: dict[str, list[tuple[int, int, Stack, np.ndarray]]] = field(default_factory=dict)
@@ -57,7 +57,7 @@ def read_study(
             continue
         for k, st in enumerate(stacks):
             vols.stacks.setdefault(r.series_description, []).append(
-                (int(r.series_id), k, st, normalise_stack(st.pixels))
+                (int(r.series_id), k, st, normalize_stack(st.pixels))
             )
     return vols
 

@@ -23,7 +23,6 @@ from spinegrade.models.inputs import CropDataset
 
 log = logging.getLogger(__name__)
 
-
 N_CLASSES = 3
 
 
@@ -44,16 +43,36 @@ def create_backbone(
             (vision transformers fix their patch grid at construction).
         model_kwargs: extra timm arguments (e.g. ``window_size``, ``ls_init_value``).
         pretrained: load timm's pretrained weights (needs network access).
-        weights: a local checkpoint (a state dict) to load instead.
+        weights: a local checkpoint (a state dict, ``.safetensors`` or ``torch.save``) to
+            load instead, through timm's pretrained loader: its stem is adapted to
+            ``in_chans`` and its classifier dropped unless it already has 3 outputs.
 
     Raises:
-        ConfigError: unknown model name, or pretrained weights that cannot be had.
+        ConfigError: unknown model name, pretrained weights that cannot be had, or a
+            weights file that is missing or cannot be loaded into the model.
     """
     if not timm.is_model(name):
         raise ConfigError(f"unknown timm backbone {name!r} (see timm.list_models())")
     kwargs = dict(model_kwargs or {})
     if _takes_img_size(name):
         kwargs.setdefault("img_size", image_size)
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(f"weights file for {name!r} not found: {path}")
+        try:
+            return timm.create_model(
+                name,
+                pretrained=True,
+                pretrained_cfg_overlay=_weights_overlay(name, path),
+                num_classes=N_CLASSES,
+                in_chans=in_chans,
+                **kwargs,
+            )
+        except Exception as exc:  # torch, safetensors and timm raise many types
+            raise ConfigError(
+                f"cannot load weights file {path} into {name!r} ({type(exc).__name__}: {exc})"
+            ) from exc
     try:
         model = timm.create_model(
             name, pretrained=pretrained, num_classes=N_CLASSES, in_chans=in_chans, **kwargs
@@ -65,14 +84,25 @@ def create_backbone(
                 "no network access: set pretrained: false, or give a local weights file"
             ) from exc
         raise
-    if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise ConfigError(f"weights file for {name!r} not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        log.info("loaded %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
     return model
+
+
+def _weights_overlay(name: str, path: Path) -> dict[str, Any]:
+    """timm pretrained-cfg overlay loading the local file ``path``, never the network.
+
+    timm drops the checkpoint's classifier when the model's class count differs from the
+    cfg's ``num_classes`` (1000 for ImageNet weights); declaring the checkpoint's own head
+    size keeps a head that matches (e.g. a 3-class checkpoint of this project).
+    """
+    overlay: dict[str, Any] = {"file": str(path)}
+    cfg = timm.get_pretrained_cfg(name)
+    heads = cfg.classifier if cfg else None
+    state = timm.models.load_state_dict(str(path))  # the reader timm uses for ``file``
+    for head in (heads,) if isinstance(heads, str) else heads or ():
+        if f"{head}.weight" in state:
+            overlay["num_classes"] = int(state[f"{head}.weight"].shape[0])
+            break
+    return overlay
 
 
 def _takes_img_size(name: str) -> bool:
@@ -81,7 +111,7 @@ def _takes_img_size(name: str) -> bool:
     return bool(cfg and cfg.fixed_input_size)
 
 
-def input_normalisation(model: torch.nn.Module) -> tuple[float, float]:
+def input_normalization(model: torch.nn.Module) -> tuple[float, float]:
     """Scalar (mean, std) for grey slices in [0, 1], from the model's own data config."""
     cfg = timm.data.resolve_data_config({}, model=model)
     return float(np.mean(cfg["mean"])), float(np.mean(cfg["std"]))

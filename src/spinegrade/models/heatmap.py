@@ -1,4 +1,4 @@
-"""The heatmap network of the localisers, and its output codec.
+"""The heatmap network of the localizers, and its output codec.
 
 After the MobileNetV2-UNet seed paper: a timm encoder created with ``features_only`` and a
 light FPN-style decoder output one heatmap per point at the encoder's first stride. A second
@@ -112,7 +112,7 @@ class HeatmapNet(nn.Module):
 
 @dataclass
 class Prediction:
-    """Raw localiser output for a batch of samples (numpy)."""
+    """Raw localizer output for a batch of samples (numpy)."""
 
     heatmaps: np.ndarray  # (N, K, h, w) spatial softmax probabilities
     offsets_mm: np.ndarray  # (N, K)
@@ -197,14 +197,24 @@ def point_errors(
     )
 
 
+def point_error_stats(errors: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    """Median and 90th percentile of ``error_mm`` and the share of ``slice_error == 0`` of a
+    point-error table, as ``{prefix}error_mm_median``, ``{prefix}error_mm_p90`` and
+    ``slice_exact`` (0.0 each for an empty table)."""
+    empty = errors.empty
+    return {
+        f"{prefix}error_mm_median": 0.0 if empty else float(errors["error_mm"].median()),
+        f"{prefix}error_mm_p90": 0.0 if empty else float(errors["error_mm"].quantile(0.9)),
+        "slice_exact": 0.0 if empty else float((errors["slice_error"] == 0).mean()),
+    }
+
+
 def summarise_errors(errors: pd.DataFrame) -> dict[str, float]:
     """Median and 90th percentile point error (mm), mean Dice, share of exact slices."""
     if errors.empty:
         return {}
     return {
-        "point_error_mm_median": float(errors["error_mm"].median()),
-        "point_error_mm_p90": float(errors["error_mm"].quantile(0.9)),
+        **point_error_stats(errors, prefix="point_"),
         "inplane_error_mm_median": float(errors["inplane_error_mm"].median()),
-        "slice_exact": float((errors["slice_error"] == 0).mean()),
         "heatmap_dice": float(errors["dice"].mean()),
     }

@@ -1,4 +1,4 @@
-"""Localiser inputs: which points a series type holds, and samples cut from a stack.
+"""Localizer inputs: which points a series type holds, and samples cut from a stack.
 
 Points per series type (from vocab.GROUPS):
 
@@ -6,7 +6,7 @@ Points per series type (from vocab.GROUPS):
 - Sagittal T1: the left and right foramina at the 5 levels (10 points);
 - Axial T2: the left and right subarticular recesses on one level's slice (2 points).
   The level's slice is not predicted: the sagittal level points are projected through the
-  DICOM geometry onto the axial series (``inference.localise.project_to_axial``).
+  DICOM geometry onto the axial series (``inference.localize.project_to_axial``).
 
 A sample is a few slices of a series (as channels, resized to ``image_px`` square) with the
 geometry that maps points back. Coordinates: ``x`` is the pixel column and ``y`` the row,
@@ -29,14 +29,14 @@ from spinegrade.core import vocab
 from spinegrade.core.config import LocalizerInput
 from spinegrade.core.errors import ConfigError
 from spinegrade.data.convert import load_stack
-from spinegrade.data.crops import normalise_stack
+from spinegrade.data.crops import normalize_stack
 from spinegrade.data.dicom import Stack
 from spinegrade.data.geometry import pixel_to_world
 
 
 @dataclass(frozen=True)
 class PointSpec:
-    """The points one series type's localiser finds.
+    """The points one series type's localizer finds.
 
     Attributes:
         series: series type slug (vocab.SERIES_SLUGS).
@@ -104,7 +104,7 @@ def from_input(xy: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
 
 @dataclass
 class Sample:
-    """One localiser input with its targets and the geometry to map points back.
+    """One localizer input with its targets and the geometry to map points back.
 
     Attributes:
         image: (C, P, P) float32 in [0, 1], the input slices.
@@ -150,7 +150,7 @@ class Sample:
 
 def make_sample(
     stack: Stack,
-    normalised: np.ndarray,
+    normalized: np.ndarray,
     centre: int | None,
     inp: LocalizerInput,
     n_points: int,
@@ -165,7 +165,7 @@ def make_sample(
         series_id=0,
         stack=0,
         level="",
-        image=resize_slices(normalised[idx], inp.image_px),
+        image=resize_slices(normalized[idx], inp.image_px),
         points=np.full((n_points, 2), np.nan),
         slices=np.full(n_points, -1, dtype=np.int64),
         centre=int(idx[len(idx) // 2]),
@@ -215,7 +215,7 @@ def build_samples(
         study, series, stack_k = (int(grp[c].iloc[0]) for c in ("study_id", "series_id", "stack"))
         stack = load_stack(volumes_dir / str(study) / str(series), stack_k)
         centre = None if spec.per_level else int(grp["slice"].iloc[0])
-        s = make_sample(stack, normalise_stack(stack.pixels), centre, inp, len(keys))
+        s = make_sample(stack, normalize_stack(stack.pixels), centre, inp, len(keys))
         s.study_id, s.series_id, s.stack = study, series, stack_k
         s.level = "" if spec.per_level else str(grp["level"].iloc[0])
         for r in grp.itertuples(index=False):

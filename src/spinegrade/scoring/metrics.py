@@ -1,4 +1,4 @@
-"""The official RSNA 2024 score and accuracy-style metrics (docs: rsna-metric.md).
+"""The official RSNA 2024 score and accuracy-style metrics (docs/rsna-metric.md).
 
 Pure functions on tables and arrays; reading files is left to the callers. Bad input raises
 :class:`DataError` whose message names the row_id(s), study or column at fault.
@@ -34,7 +34,6 @@ from spinegrade.core.errors import DataError
 EPS: float = float(np.finfo(np.float64).eps)
 """Clipping bound of the official metric: probabilities are clipped to [EPS, 1 - EPS]."""
 
-
 SOLUTION_COLUMNS: tuple[str, ...] = (
     "row_id",
     "study_id",
@@ -45,21 +44,16 @@ SOLUTION_COLUMNS: tuple[str, ...] = (
     "weight",
 )
 
-
 TERMS: tuple[str, ...] = ("spinal", "foraminal", "subarticular", "any_severe")
 """The four terms of the score, in report order (the first three are ``vocab.GROUPS``)."""
 
-
 ANY_SEVERE_GROUP = "spinal"
 
-
 _CLASSES = list(range(len(vocab.SEVERITIES)))
-
 
 _CELLS: tuple[tuple[str, str], ...] = tuple(
     (c, lv) for c in vocab.CONDITIONS for lv in vocab.LEVELS
 )
-
 
 _SHOW = 5  # how many offending row_ids an error message lists
 
@@ -223,7 +217,7 @@ def _submission_values(submission: pd.DataFrame) -> pd.DataFrame:
 
 
 def weighted_log_loss(target: np.ndarray, proba: np.ndarray, weight: np.ndarray) -> float:
-    """Weighted multi-class log loss, clipped to [EPS, 1 - EPS] then row-renormalised.
+    """Weighted multi-class log loss, clipped to [EPS, 1 - EPS] then row-renormalized.
 
     Args:
         target: (N,) int class indices.
@@ -242,7 +236,7 @@ def _any_severe_loss(
     """Binary log loss of "any level Severe" per study, from spinal rows (N,) each.
 
     Per study: target 1 if any level is Severe, weight = max row weight, q = max raw
-    ``severe`` score (not renormalised) clipped to [EPS, 1 - EPS].
+    ``severe`` score (not renormalized) clipped to [EPS, 1 - EPS].
     """
     per_study = (
         pd.DataFrame({"study": study, "t": target == 2, "w": weight, "q": severe})
@@ -260,7 +254,7 @@ def rsna_score(solution: pd.DataFrame, submission: pd.DataFrame) -> dict[str, fl
     """The official RSNA 2024 score: sample-weighted log loss, lower is better.
 
     Predictions are aligned to solution rows by row_id (never by position). Each group term
-    clips to [EPS, 1 - EPS], renormalises rows and averages -ln p[true] with weights 1/2/4;
+    clips to [EPS, 1 - EPS], renormalizes rows and averages -ln p[true] with weights 1/2/4;
     ``any_severe`` is the per-study binary loss of the largest raw spinal ``severe`` score.
     ``score`` is the plain mean of the terms.
 
@@ -317,7 +311,7 @@ def class_prior_submission(
     """The class-prior baseline: each column's weighted class frequencies, for every study.
 
     Per train.csv column (condition x level), the labelled class counts are multiplied by
-    the weights 1/2/4 and renormalised: the best constant prediction for the group terms.
+    the weights 1/2/4 and renormalized: the best constant prediction for the group terms.
     A class never seen in a column gets probability 0; a column with no labels at all gets
     uniform 1/3 (with a warning).
 
@@ -432,7 +426,7 @@ def submission_rows(
 
     Rows ``graded`` holds (row_id + severity columns; the first of repeated ids wins) keep
     their probabilities; every other row takes ``prior``'s row (a class_prior_submission of
-    the same studies). Rows are renormalised to sum to 1.
+    the same studies). Rows are renormalized to sum to 1.
     """
     ids = [
         vocab.row_id(s, c, lv) for s in study_ids for c in vocab.CONDITIONS for lv in vocab.LEVELS

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Real class balance per group (rsna-data.md), Normal/Mild, Moderate, Severe.
+# Real class balance per group (docs/rsna-data.md), Normal/Mild, Moderate, Severe.
 CLASS_BALANCE = {
     "spinal": (8664, 736, 470),
     "foraminal": (15357, 3564, 779),
     "subarticular": (13733, 3660, 1840),
 }
-
 
 # Relative odds of a non-normal grade per level (severity peaks at L4/L5, foraminal at L5/S1).
 LEVEL_ODDS = {
@@ -21,7 +20,6 @@ LEVEL_ODDS = {
     "subarticular": (0.4, 0.7, 1.1, 1.6, 1.2),
 }
 
-
 # Missing labels are mostly subarticular at L1/L2 and L2/L3.
 MISSING_ODDS = {
     "spinal": (0.2,) * 5,
@@ -29,16 +27,12 @@ MISSING_ODDS = {
     "subarticular": (6.0, 4.0, 0.6, 0.4, 0.4),
 }
 
-
 # Shape parameters per severity (Normal/Mild, Moderate, Severe): uniform ranges.
 SPINAL_BULGE_MM = ((0.0, 3.0), (5.5, 8.0), (10.0, 12.5))  # of a 15 mm canal
 
-
 FORAMEN_SCALE = ((0.85, 1.1), (0.5, 0.65), (0.25, 0.38))
 
-
 RECESS_SCALE = ((0.85, 1.1), (0.5, 0.65), (0.2, 0.33))
-
 
 # Tissue intensities (T1, T2) in [0, 1].
 TISSUE = {
@@ -53,33 +47,23 @@ TISSUE = {
     "annulus": (0.30, 0.28),  # bulging disc: dark against CSF on T2
 }
 
-
 DISC_HALF_MM = 4.0
-
 
 CANAL_HALF_AP_MM = 7.5
 
-
 CANAL_HALF_WIDTH_MM = 7.0
-
 
 RECESS_U_MM = 9.5
 
-
 RECESS_V_MM = 3.5
-
 
 FORAMEN_U_MM = 18.0
 
-
 FORAMEN_V_MM = -4.0
-
 
 FORAMEN_DZ_MM = 4.0
 
-
 SPINAL_POINT_V_MM = 1.0
-
 
 SAGITTAL_IOP = np.array([0.0, 1.0, 0.0, 0.0, 0.0, -1.0])
 

@@ -13,7 +13,7 @@ condition names, by an amount that follows the level's severity:
 Every slice of every series is rendered by evaluating that anatomy on the slice's own
 pixel grid through its DICOM geometry, so sagittal and axial series of one study share one
 frame of reference and labelled coordinates fall on the anatomy they name. Output is the
-competition layout (rsna-data.md) plus the held-out test set's answers in two extra files.
+competition layout (docs/rsna-data.md) plus the held-out test set's answers in two extra files.
 """
 
 from __future__ import annotations

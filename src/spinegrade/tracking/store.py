@@ -10,7 +10,6 @@ workspace's store, so they are not written into the copy and lost.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -20,20 +19,17 @@ from pathlib import Path
 
 import mlflow
 import yaml
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-
 PIPELINE_TAG = "spinegrade.pipeline"
-
 
 ROLE_TAG = "spinegrade.role"
 
-
 # ingest's output: its DVC hash identifies the data a pipeline run descends from.
 PIPELINE_SOURCE = "data/ingest"
-
 
 DVC_EXPS_DIR = (".dvc", "tmp", "exps")
 
@@ -70,12 +66,8 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
         return
     store.mkdir(parents=True, exist_ok=True)
-    with open(store / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(store / ".lock"):
+        yield
 
 
 def setup(experiment: str, root: str | Path | None = None) -> str:

@@ -1,6 +1,6 @@
 """The one augmentation builder: small affine jitter and intensity changes.
 
-Graders and localisers use the same pipeline with their own jitter sizes; the localisers
+Graders and localizers use the same pipeline with their own jitter sizes; the localizers
 pass ``keypoints=True`` so their points move with the image.
 """
 

@@ -27,7 +27,7 @@ from spinegrade.core.runtime import device, seed_everything
 from spinegrade.models.backbones import (
     count_parameters,
     create_backbone,
-    input_normalisation,
+    input_normalization,
     model_flops,
     predict_proba,
 )
@@ -95,7 +95,7 @@ def train_fold(
     model = create_backbone(
         backbone, k, size, recipe.model_kwargs, cfg.pretrained, recipe.weights or None
     ).to(dev)
-    mean, std = input_normalisation(model) if cfg.normalize == "model" else (None, None)
+    mean, std = input_normalization(model) if cfg.normalize == "model" else (None, None)
     rng = np.random.default_rng(seed)
     idx = oversample(train[1], rng) if cfg.oversample else np.arange(len(train[1]))
     train_ds = CropDataset(

@@ -1,1 +1,1 @@
-"""Training the heatmap localisers: one per series type."""
+"""Training the heatmap localizers: one per series type."""

@@ -1,4 +1,4 @@
-"""Training the heatmap localisers: one per series type, on labelled coordinates.
+"""Training the heatmap localizers: one per series type, on labelled coordinates.
 
 The network and its output codec live in ``models.heatmap``, the samples (slices as
 channels, the points and the geometry to map them back) in ``models.points``; this module
@@ -8,7 +8,6 @@ holds the torch dataset with its targets, the training loop and the validation p
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -178,7 +177,7 @@ def train_localizer(
         "decoder_channels": cfg.decoder_channels,
         "stride": model.stride,
         "sigma_px": cfg.sigma_px,
-        "input": dataclasses.asdict(inp),
+        "input": inp.model_dump(),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return LocalizerResult(state, pd.DataFrame(history), errors, metrics, meta)

@@ -1,4 +1,4 @@
-"""The localisers' losses: spatial-softmax cross-entropy of the heatmaps and smooth-L1 of
+"""The localizers' losses: spatial-softmax cross-entropy of the heatmaps and smooth-L1 of
 the slice offsets, each averaged over the points a sample holds.
 """
 
@@ -11,7 +11,7 @@ from spinegrade.models.heatmap import OFFSET_SCALE_MM
 
 
 def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each map's spatial softmax against its normalised target Gaussian,
+    """Cross-entropy of each map's spatial softmax against its normalized target Gaussian,
     averaged over the points present (``mask`` (B, K) 1/0)."""
     logp = logits.flatten(2).float().log_softmax(-1)
     t = target.flatten(2)
