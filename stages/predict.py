@@ -25,7 +25,7 @@ from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
-from spinegrade.evaluation.localization import localization_errors, summarise_localization
+from spinegrade.evaluation.localization import localization_errors, summarize_localization
 from spinegrade.inference.predict import load_bundle, predict_studies
 from spinegrade.scoring.metrics import class_prior_submission, rsna_score, solution_from_wide
 from spinegrade.tracking import store as tracking
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     "labelled_points": rsna_score(solution, at_labels.submission),
                     "class_prior": rsna_score(solution, prior),
                 }
-                report["localization"] = summarise_localization(errors)
+                report["localization"] = summarize_localization(errors)
         write_json(args.report, report)
 
         with tracking.child_run(

@@ -26,7 +26,7 @@ from spinegrade.core.config import CropConfig, LocalizerInput
 from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV
 from spinegrade.data.tables import read_series_table
-from spinegrade.evaluation.localization import localization_errors, summarise_localization
+from spinegrade.evaluation.localization import localization_errors, summarize_localization
 from spinegrade.inference.explain import grad_cam
 from spinegrade.inference.grading import Grader, select_backbones
 from spinegrade.inference.localize import MAX_AXIAL_MM, POINT_COLUMNS, Localizer
@@ -181,7 +181,7 @@ def test_labelled_coordinates_are_graded_from_the_same_read(tiny_dataset, bundle
     # A point compared with itself is 0 mm away, on the same slice.
     same = localization_errors(result.points, result.points)
     assert (same["error_mm"] == 0).all()
-    summary = summarise_localization(same)
+    summary = summarize_localization(same)
     assert summary["all"]["slice_exact"] == 1.0 and summary["all"]["points"] == len(coords)
 
 

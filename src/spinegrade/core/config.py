@@ -159,7 +159,7 @@ class Recipe(_Section):
         schedule: ``cosine`` (linear warm-up, cosine decay) or ``onecycle``.
         warmup_epochs: length of the warm-up (fraction of epochs allowed).
         model_kwargs: extra timm arguments (e.g. ``window_size``, ``ls_init_value``).
-        weights: a local checkpoint to start from (instead of random initialisation).
+        weights: a local checkpoint to start from (instead of random initialization).
     """
 
     lr: float = 1e-3

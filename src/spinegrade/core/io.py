@@ -160,7 +160,7 @@ def _json_default(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:

@@ -30,7 +30,7 @@ def localization_errors(found: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataF
     )
 
 
-def summarise_localization(errors: pd.DataFrame) -> dict:
+def summarize_localization(errors: pd.DataFrame) -> dict:
     """Median and 90th percentile point error (mm), and the share of points found on the
     labelled series and slice, overall and per group."""
 

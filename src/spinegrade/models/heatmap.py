@@ -209,12 +209,15 @@ def point_error_stats(errors: pd.DataFrame, prefix: str = "") -> dict[str, float
     }
 
 
-def summarise_errors(errors: pd.DataFrame) -> dict[str, float]:
+def summarize_errors(errors: pd.DataFrame) -> dict[str, float]:
     """Median and 90th percentile point error (mm), mean Dice, share of exact slices."""
     if errors.empty:
         return {}
-    return {
-        **point_error_stats(errors, prefix="point_"),
+    stats = point_error_stats(errors, prefix="point_")
+    return {  # key order is history.csv's column order
+        "point_error_mm_median": stats["point_error_mm_median"],
+        "point_error_mm_p90": stats["point_error_mm_p90"],
         "inplane_error_mm_median": float(errors["inplane_error_mm"].median()),
+        "slice_exact": stats["slice_exact"],
         "heatmap_dice": float(errors["dice"].mean()),
     }

@@ -1,5 +1,5 @@
 """The crop tensor contract shared by training and inference: uint8 crops (N, k, S, S) in,
-standardised float tensors out.
+standardized float tensors out.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Crops as standardised float tensors (k, S, S), with labels.
+    """Crops as standardized float tensors (k, S, S), with labels.
 
-    ``mean``/``std`` None standardise each crop by its own mean and standard deviation;
-    numbers standardise every crop alike (e.g. the model's data config).
+    ``mean``/``std`` None standardize each crop by its own mean and standard deviation;
+    numbers standardize every crop alike (e.g. the model's data config).
     """
 
     def __init__(

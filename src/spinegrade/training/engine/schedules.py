@@ -1,4 +1,4 @@
-"""Learning-rate schedules, stepped once per optimiser step, from torch's schedulers."""
+"""Learning-rate schedules, stepped once per optimizer step, from torch's schedulers."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def train_fold(
 
     Args:
         backbone: timm name.
-        recipe: the backbone's optimiser, schedule and model arguments.
+        recipe: the backbone's optimizer, schedule and model arguments.
         cfg: shared settings (epochs, patience, loss, oversampling, ...).
         train, val: (crops (N, k, S, S) uint8, labels (N,) int).
         seed: seed for weights, batches and augmentation (seed + fold by convention).

@@ -25,7 +25,7 @@ from spinegrade.models.heatmap import (
     gaussian_heatmaps,
     point_errors,
     run_model,
-    summarise_errors,
+    summarize_errors,
 )
 from spinegrade.models.points import PointSpec, Sample, to_input
 from spinegrade.training.engine.augment import build_augmentation
@@ -147,7 +147,7 @@ def train_localizer(
             n += len(x)
         val_loss = evaluate_loss(model, val_ds, cfg.batch_size, use_offsets)
         pred = run_model(model, np.stack([s.image for s in val]), cfg.batch_size)
-        summary = summarise_errors(point_errors(val, pred, spec, model.stride, cfg.sigma_px))
+        summary = summarize_errors(point_errors(val, pred, spec, model.stride, cfg.sigma_px))
         row = {"epoch": epoch, "train_loss": total / n, "val_loss": val_loss, **summary}
         history.append(row)
         bar.set_postfix(
@@ -162,7 +162,7 @@ def train_localizer(
     errors = point_errors(val, pred, spec, model.stride, cfg.sigma_px)
     best_epoch = int(np.argmin([r["val_loss"] for r in history]))
     metrics = {
-        **summarise_errors(errors),
+        **summarize_errors(errors),
         "val_loss": best_loss,
         "best_epoch": best_epoch,
         "train_samples": len(train),
