@@ -38,22 +38,11 @@ def assemble_submission(
         studies: study ids to write, in order.
         prior: class_prior_submission of ``studies`` (the rows without a prediction).
     """
-    proba = list(vocab.SEVERITY_COLUMNS)
-    preds = pd.concat(list(oof.values()), ignore_index=True) if oof else pd.DataFrame()
-    graded = pd.DataFrame(
-        {
-            "row_id": [
-                vocab.row_id(s, c, lv)
-                for s, c, lv in zip(
-                    preds.get("study_id", []),
-                    preds.get("condition", []),
-                    preds.get("level", []),
-                    strict=True,
-                )
-            ],
-            **{c: preds.get(c, pd.Series(dtype=float)).to_numpy() for c in proba},
-        }
-    )
+    if not oof:
+        return submission_rows(studies, pd.DataFrame(columns=list(vocab.SUBMISSION_HEADER)), prior)
+    preds = pd.concat(list(oof.values()), ignore_index=True)
+    keys = zip(preds["study_id"], preds["condition"], preds["level"], strict=True)
+    graded = preds.assign(row_id=[vocab.row_id(*k) for k in keys])
     return submission_rows(studies, graded, prior)
 
 
