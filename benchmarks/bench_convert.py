@@ -77,7 +77,7 @@ def parse_args() -> argparse.Namespace:
 
 def synthetic_config(studies: int) -> SyntheticConfig:
     params = ROOT / "params.yaml"
-    cfg = load_params(params).ingest.synthetic if params.is_file() else SyntheticConfig()
+    cfg = load_params(params).synthesize if params.is_file() else SyntheticConfig()
     return dataclasses.replace(cfg, n_train_studies=studies, n_test_studies=0)
 
 

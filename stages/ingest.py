@@ -1,7 +1,8 @@
-"""DVC stage ingest: get an RSNA-layout dataset and validate it into a long label table.
+"""DVC stage ingest: validate the RSNA-layout dataset at data.root into a long label table.
 
-data.source=synthetic generates the dataset into --raw; data.source=rsna reads the download
-at data.root in place (--raw then only holds a note saying so). Writes to --out:
+data.root is the synthesize stage's data/raw (data.source: synthetic) or a real download
+read in place (data.source: rsna); dvc.yaml lists it as a dependency, so a changed, added
+or deleted file under it re-runs this stage and everything after it. Writes to --out:
 labels.csv (one row per labelled study/condition/level), series.csv, dropped.csv,
 quirks.csv and source.json (where the images are); the report goes to --report.
 """
@@ -15,12 +16,10 @@ from spinegrade.core.config import load_params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.data.ingest import ingest
-from spinegrade.synthetic import generate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--raw", default="data/raw", help="synthetic dataset directory")
     parser.add_argument("--out", default="data/ingest", help="output directory")
     parser.add_argument("--report", default="reports/ingest.json", help="report (DVC metric)")
     args = parser.parse_args(argv)
@@ -28,14 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = load_params(args.params)
-        if params.data.source == "synthetic":
-            root = generate_dataset(params.ingest.synthetic, args.raw)
-        else:
-            root = Path(params.data.root)
-            with atomic_dir(args.raw) as tmp:
-                (tmp / "SOURCE.txt").write_text(
-                    f"data.source is rsna: images are read in place from {root}\n"
-                )
+        root = Path(params.data.root)
         result = ingest(root, params.ingest.on_error)
         with atomic_dir(args.out) as tmp:
             write_csv(tmp / "labels.csv", result.labels)

@@ -50,10 +50,12 @@ def test_repository_params_load():
         ("crop-rois:\n  slices: 4\n", r"slices must be a positive odd number"),
         ("crop-rois:\n  size_mm: {spinal: 40}\n", r"size_mm needs exactly the groups"),
         (
-            "ingest:\n  synthetic:\n    sagittal_fov_mm: [1]\n",
-            r"ingest\.synthetic\.sagittal_fov_mm",
+            "synthesize:\n  sagittal_fov_mm: [1]\n",
+            r"synthesize\.sagittal_fov_mm",
         ),
         ("split-folds:\n  n_folds: 1\n", r"n_folds must be at least 2"),
+        ("data:\n  root: data/rsna\n", r"data\.root must be data/raw when data\.source"),
+        ("data:\n  source: rsna\n", r"data/raw is the synthesize stage's output"),
         ("- a list\n", r"mapping at the top level"),
         ("train-localizer:\n  series: [coronal]\n", r"train-localizer: unknown series.*coronal"),
         (
@@ -87,7 +89,7 @@ def test_params_yaml_loads_into_frozen_typed_models():
     tpc = params.train_per_condition
     assert isinstance(tpc.training, TrainingConfig) and tpc.training.threads == 2
     assert isinstance(tpc.backbones, tuple) and isinstance(tpc.training.folds, tuple)
-    assert isinstance(params.ingest.synthetic.sagittal_fov_mm[0], float)
+    assert isinstance(params.synthesize.sagittal_fov_mm[0], float)
     for backbone in tpc.backbones:
         assert isinstance(tpc.recipe(backbone), Recipe)
     assert params.train_localizer.input_for("sagittal_t1").slices == 5
@@ -130,7 +132,7 @@ def test_frozen_model_refuses_assignment():
             "train-localizer:\n  inputs: {axial_t2: {slice: 3}}\n",
             "train-localizer.inputs.axial_t2.slice",
         ),
-        ("ingest:\n  synthetic:\n    n_studies: 3\n", "ingest.synthetic.n_studies"),
+        ("synthesize:\n  n_studies: 3\n", "synthesize.n_studies"),
         ("crop_rois:\n  slices: 3\n", "crop_rois"),  # the file spells sections with hyphens
     ],
 )

@@ -25,7 +25,7 @@ DATA_STAGES = ("ingest", "convert-dicom", "crop-rois", "split-folds")
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
     def shrink(params: dict) -> None:
-        params["ingest"]["synthetic"].update(
+        params["synthesize"].update(
             n_train_studies=9, n_test_studies=2, workers=1, sagittal_sizes=[112], axial_sizes=[96]
         )
         params["convert-dicom"]["workers"] = 1

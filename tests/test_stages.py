@@ -33,7 +33,7 @@ TINY = {
 
 def shrink(params: dict, **data) -> None:
     """Tiny data, one worker, small crops (edits parsed params in place)."""
-    params["ingest"]["synthetic"].update(TINY)
+    params["synthesize"].update(TINY)
     params["convert-dicom"]["workers"] = 1
     params["split-folds"]["n_folds"] = 3
     params["crop-rois"]["size_px"] = 32
@@ -69,7 +69,13 @@ def digest(root: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_stage_clis_chain_and_leak_no_identifiers(tmp_path):
     tiny_params(tmp_path)
-    for script in ("ingest.py", "convert_dicom.py", "crop_rois.py", "split_folds.py"):
+    for script in (
+        "synthesize.py",
+        "ingest.py",
+        "convert_dicom.py",
+        "crop_rois.py",
+        "split_folds.py",
+    ):
         proc = run_stage(script, tmp_path)
         assert proc.returncode == 0, proc.stderr
     outputs = [
@@ -89,10 +95,11 @@ def test_stage_clis_chain_and_leak_no_identifiers(tmp_path):
 def test_rsna_source_reads_a_download_in_place(tmp_path):
     download = tmp_path / "download"
     tiny_params(tmp_path)
-    assert run_stage("ingest.py", tmp_path).returncode == 0
+    assert run_stage("synthesize.py", tmp_path).returncode == 0
     shutil.move(tmp_path / "data" / "raw", download)
     before = digest(download)
     tiny_params(tmp_path, source="rsna", root=str(download))
+    assert run_stage("synthesize.py", tmp_path).returncode == 0
     proc = run_stage("ingest.py", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "data" / "ingest" / "source.json").read_text()) == {
@@ -212,5 +219,5 @@ def test_stages_import_the_library_not_the_command_line_or_the_generator():
         _imports(script, code)
         assert not any(m.startswith("src/spinegrade/cli/") for m in code), script.name
         uses_generator = any(m.startswith("src/spinegrade/synthetic/") for m in code)
-        # Only ingest makes the synthetic dataset (data.source: synthetic).
-        assert uses_generator == (script.name == "ingest.py"), script.name
+        # Only synthesize makes the synthetic dataset (data.source: synthetic).
+        assert uses_generator == (script.name == "synthesize.py"), script.name

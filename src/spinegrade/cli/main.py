@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     gen = sub.add_parser("synthesize", help="write a synthetic RSNA-layout dataset to a directory")
     gen.add_argument("--out", required=True, help="directory to (re)create")
-    gen.add_argument("--params", default="params.yaml", help="take ingest.synthetic from here")
+    gen.add_argument("--params", default="params.yaml", help="take synthesize from here")
     gen.add_argument("--studies", type=int, help="override the number of train studies")
     score = sub.add_parser(
         "score",
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from spinegrade.synthetic.dataset import generate_dataset
 
         def body() -> None:
-            cfg = load_params(args.params).ingest.synthetic
+            cfg = load_params(args.params).synthesize
             if args.studies is not None:
                 cfg = cfg.model_copy(update={"n_train_studies": args.studies})
             generate_dataset(cfg, args.out)

@@ -57,18 +57,44 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
+# The synthesize stage's output: the dataset ingest reads when data.source is synthetic.
+SYNTHETIC_ROOT = "data/raw"
+
+
 class DataConfig(_Section):
     """Where the RSNA-layout dataset comes from.
 
+    ``root`` is also ingest's (and convert-dicom's) DVC dependency (``${data.root}`` in
+    dvc.yaml), so any change to the files under it makes the pipeline stale.
+
     Attributes:
-        source: ``synthetic`` generates a dataset under ``data/``; ``rsna`` reads a real
-            download in place.
-        root: the unpacked competition download (``rsna`` only); relative paths are
-            resolved against the repository root.
+        source: ``synthetic``: the synthesize stage generates a dataset into ``data/raw``;
+            ``rsna``: a real download, read in place.
+        root: the dataset folder ingest reads: ``data/raw`` for ``synthetic``; for ``rsna``
+            the unpacked competition download (the folder holding train.csv and
+            train_images/), either tracked in the workspace (``dvc add data/rsna``) or an
+            absolute path outside it. Relative paths are resolved against the repository.
     """
 
     source: Literal["synthetic", "rsna"] = "synthetic"
-    root: str = "data/rsna-2024-lumbar-spine-degenerative-classification"
+    root: str = SYNTHETIC_ROOT
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        synthetic_root = Path(self.root).as_posix().rstrip("/") == SYNTHETIC_ROOT
+        if self.source == "synthetic" and not synthetic_root:
+            raise ConfigError(
+                f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic (the "
+                f"synthesize stage writes the dataset there), got {self.root!r}; set "
+                "data.source: rsna to read a download"
+            )
+        if self.source == "rsna" and synthetic_root:
+            raise ConfigError(
+                f"data.root: {SYNTHETIC_ROOT} is the synthesize stage's output; with "
+                "data.source: rsna point it at the download (data/rsna after "
+                "`dvc add data/rsna`, or an absolute path)"
+            )
+        return self
 
 
 class SyntheticConfig(_Section):
@@ -95,10 +121,9 @@ class SyntheticConfig(_Section):
 
 
 class IngestConfig(_Section):
-    """ingest: how bad label rows are handled, and the generator's settings."""
+    """ingest: how bad label rows are handled."""
 
     on_error: Literal["raise", "skip"] = "raise"
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
 class ConvertConfig(_Section):
@@ -340,6 +365,7 @@ class Params(_Section):
     """All of params.yaml (hyphenated section names are the attributes' aliases)."""
 
     data: DataConfig = Field(default_factory=DataConfig)
+    synthesize: SyntheticConfig = Field(default_factory=SyntheticConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     convert_dicom: ConvertConfig = Field(default_factory=ConvertConfig, alias="convert-dicom")
     crop_rois: CropConfig = Field(default_factory=CropConfig, alias="crop-rois")
