@@ -4,7 +4,10 @@ The default store is SQLite under the *workspace's* mlruns/ (MLflow 3 refuses a 
 store), with artifacts beside it. DVC runs queued or temporary experiments in a copy of the
 repository under ``<workspace>/.dvc/tmp/exps/``; such runs are pointed back at the
 workspace's store, so they are not written into the copy and lost.
-``MLFLOW_TRACKING_URI`` overrides all of this.
+``MLFLOW_TRACKING_URI`` overrides all of this. For a tracking server (http/https) ``setup``
+first checks with one request, no retries (5 s to connect), that it answers and accepts the
+credentials (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), so a dead server
+fails a stage with one line instead of minutes of MLflow's retries.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import yaml
 from filelock import FileLock
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from spinegrade.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,14 @@ ROLE_TAG = "spinegrade.role"
 PIPELINE_SOURCE = "data/ingest"
 
 DVC_EXPS_DIR = (".dvc", "tmp", "exps")
+
+# (connect, read) seconds: a dead server fails within seconds, a slow one gets time to answer
+SERVER_CHECK_TIMEOUT_S = (5.0, 30.0)
+
+
+class TrackingServerError(ConfigError):
+    """The tracking server of MLFLOW_TRACKING_URI is unreachable, refuses the credentials or
+    fails; an expected error (a ConfigError), so a stage prints it as one line."""
 
 
 def workspace_root(path: str | Path | None = None) -> Path:
@@ -50,6 +66,51 @@ def tracking_uri(root: str | Path | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{workspace_root(root) / 'mlruns' / 'mlflow.db'}"
+
+
+def redact(uri: str) -> str:
+    """``uri`` with the password of its user part (``user:secret@host``) shown as ``***``."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password:
+        return uri
+    user = parts.netloc.rpartition("@")[0].split(":", 1)[0]
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def check_server(uri: str, timeout: tuple[float, float] = SERVER_CHECK_TIMEOUT_S) -> None:
+    """One request, no retries, to the tracking server ``uri`` with MLflow's credentials;
+    TrackingServerError naming the URI if it does not answer, refuses them or fails."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    name = f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI)"
+    try:
+        resp = http_request(
+            creds,
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            max_retries=0,
+            timeout=timeout,
+            raise_on_status=False,
+            params={"max_results": 1},
+        )
+    except MlflowException as exc:  # requests' reason is at the end of the text
+        text = str(exc)
+        m = re.search(r"\[Errno [^]]*\][^'\")]*|\S+ timed out\. \([^)]*\)", text)
+        m = m or re.search(r"Caused by (.*)", text)
+        why = m.group(m.lastindex or 0) if m else text
+        raise TrackingServerError(f"{name} is not reachable: {why}") from None
+    if resp.status_code in (401, 403):
+        who = f"of user '{creds.username}'" if creds.username else "(none set)"
+        raise TrackingServerError(
+            f"{name} refused the credentials {who} with HTTP {resp.status_code}: set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
+        )
+    if resp.status_code != 200:
+        body = " ".join(resp.text.split())[:200] or "(no body): is it an MLflow server?"
+        raise TrackingServerError(f"{name} answered HTTP {resp.status_code}: {body}")
 
 
 def _local_store_dir(uri: str) -> Path | None:
@@ -74,9 +135,13 @@ def setup(experiment: str, root: str | Path | None = None) -> str:
     """Point MLflow at the store, creating the database and experiment once; return its id.
 
     Creation happens under a file lock, so runs started in parallel do not race to create
-    the SQLite schema (which fails). Artifacts of a local store go to ``mlruns/artifacts``.
+    the SQLite schema (which fails). Artifacts of a local store go to ``mlruns/artifacts``;
+    a tracking server chooses its own (``mlflow-artifacts:``, proxied by the server), after
+    ``check_server``.
     """
     uri = tracking_uri(root)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would pin this store
     # for every later call and every child process: keep the environment as it was.
     before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -90,7 +155,12 @@ def setup(experiment: str, root: str | Path | None = None) -> str:
             return exp.experiment_id
         store = _local_store_dir(uri)
         location = (store / "artifacts").as_uri() if store else None
-        return client.create_experiment(experiment, artifact_location=location)
+        try:
+            return client.create_experiment(experiment, artifact_location=location)
+        except MlflowException as exc:  # a parallel stage created it first (remote: no lock)
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(experiment).experiment_id
 
 
 def parent_run(experiment_id: str, key: str, name: str) -> str:
