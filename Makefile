@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv repro test lint bench ui clean-venv
+.PHONY: venv repro test lint bench ui mlflow-server retrain clean-venv
 
 venv: $(STAMP)
 
@@ -18,21 +18,31 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 repro: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src stages tests benchmarks
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_convert.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_convert.py
 
 # The MLflow UI on the workspace's store; prints the link to the runs table (Ctrl-C stops it).
 ui: $(STAMP)
 	$(BIN)/python -m spinegrade.cli.ui
+
+# A team tracking server (SQLite + local artifacts by default; PostgreSQL/S3 via ARGS or env,
+# see README "Team set-up"): make mlflow-server ARGS="--backend-store-uri postgresql://..."
+mlflow-server: $(STAMP)
+	$(BIN)/python -m spinegrade.cli.server $(ARGS)
+
+# What CI runs (.github/workflows/retrain.yml): pull data and run-cache from the default DVC
+# remote, dvc repro, push outputs and run-cache, print a summary (ARGS="--help" for options).
+retrain: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m spinegrade.cli.retrain $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
