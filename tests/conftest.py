@@ -6,6 +6,7 @@ exercises the same code the pipeline runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pydicom
 import pytest
 import yaml
@@ -99,6 +101,16 @@ def tiny_crops(tiny_ingest, tiny_volumes):
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    out = []
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
 
 
 def run_dvc(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:

@@ -40,6 +40,7 @@ import psutil
 import psycopg
 import pytest
 import yaml
+from conftest import group_members
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image
@@ -92,16 +93,6 @@ def request(
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    out = []
-    for p in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+from conftest import group_members
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.cli import ui
@@ -59,16 +60,6 @@ def post_json(url: str, body: dict, timeout: float = 30) -> dict:
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    out = []
-    for p in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
 
 
 def wait_group_gone(pgid: int, timeout: float) -> bool:

@@ -172,3 +172,19 @@ def serve(
         finally:
             with _ignore_signals():  # a second Ctrl-C must not cut the cleanup short
                 stop_group(proc)
+
+
+def mlflow_server(backend_uri: str, host: str, port: int, workers: int) -> list[str]:
+    """``mlflow server`` (this environment's) on ``backend_uri`` at ``host:port``."""
+    return [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]

@@ -31,7 +31,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from spinegrade.cli.process_group import HOST, READY_TIMEOUT_S, port_in_use, serve
+from spinegrade.cli.process_group import (
+    HOST,
+    READY_TIMEOUT_S,
+    mlflow_server,
+    port_in_use,
+    serve,
+)
 from spinegrade.tracking import store as tracking
 
 DEFAULT_PORT = 5000
@@ -239,21 +245,8 @@ def server_command(
 ) -> list[str]:
     """The ``mlflow server`` command line: proxied artifacts (clients get mlflow-artifacts:
     URIs and upload through the server), and the basic-auth app with ``auth``."""
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        backend_uri,
-        "--serve-artifacts",
-        "--artifacts-destination",
-        artifacts,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
+    cmd = mlflow_server(backend_uri, host, port, workers)
+    cmd += ["--serve-artifacts", "--artifacts-destination", artifacts]
     if hosts:
         cmd += ["--allowed-hosts", hosts]
     if auth:

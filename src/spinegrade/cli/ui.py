@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from spinegrade.cli.process_group import HOST, READY_TIMEOUT_S, port_in_use, serve
+from spinegrade.cli.process_group import HOST, READY_TIMEOUT_S, mlflow_server, port_in_use, serve
 from spinegrade.tracking import store as tracking
 
 DEFAULT_PORT = 5000
@@ -54,18 +54,7 @@ def server_command(uri: str, port: int, workers: int = 1, host: str = HOST) -> l
     created through the server use the same directory, and ``--artifacts-destination``
     keeps proxied (``mlflow-artifacts:``) uploads there too instead of in ./mlartifacts.
     """
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
+    cmd = mlflow_server(uri, host, port, workers)
     store = artifacts_dir(uri)
     if store is not None:
         cmd += [
