@@ -1,10 +1,11 @@
 # Two commands do everything on a fresh machine:
 #   make repro   virtualenv + pinned dependencies, then `dvc repro` (the whole pipeline)
-#   make test    virtualenv + pinned dependencies, then the test suite
+#   make test    the same + the test tools (requirements-dev.txt), then the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
 
 .PHONY: venv repro test lint bench ui mlflow-server retrain clean-venv
 
@@ -17,13 +18,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Tests and linters on top (requirements-dev.txt); make repro does not need them.
+$(DEV): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV)
+
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: $(STAMP)
+test: $(DEV)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src stages tests benchmarks
 	$(BIN)/lint-imports
 

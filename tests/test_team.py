@@ -32,7 +32,7 @@ DVC = str(Path(sys.executable).parent / "dvc")
 LATE_STUDIES = 2
 
 # Files whose mtime would make make rebuild the venv (the copy must reuse this one).
-VENV_INPUTS = ("requirements.txt", "pyproject.toml")
+VENV_INPUTS = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
 
 
 def env() -> dict[str, str]:
@@ -336,8 +336,8 @@ def test_unreachable_s3_remote_is_one_line_naming_the_endpoint(team, tmp_path):
 @pytest.fixture()
 def s3(tmp_path):
     """A moto S3 server on 127.0.0.1 with one bucket; yields its endpoint URL."""
-    boto3 = pytest.importorskip("boto3", reason="requirements.txt pins boto3 (dvc-s3)")
-    from moto.server import ThreadedMotoServer
+    import boto3  # requirements.txt
+    from moto.server import ThreadedMotoServer  # requirements-dev.txt
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "retrain.yml"
 BIN = Path(sys.executable).parent
 
-# The linters, with the versions this was written against (pinned in requirements.txt).
+# The linters, with the versions this was written against (pinned in requirements-dev.txt).
 TOOLS = {
     "zizmor": "zizmor==1.32.0",
     "check-jsonschema": "check-jsonschema==0.39.0",
@@ -47,7 +47,7 @@ def tool(name: str) -> str:
         return found
     pytest.fail(
         f"{name} is not installed: `{BIN / 'python'} -m pip install {TOOLS[name]}` "
-        "(it belongs in requirements.txt; `make venv` installs it)"
+        "(it belongs in requirements-dev.txt; `make test` installs it)"
     )
 
 
