@@ -78,6 +78,22 @@ def test_schedules_warm_up_and_decay(schedule):
     assert lrs[0] < lrs[peak] and lrs[-1] < 0.1 * lrs[peak]
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+@pytest.mark.parametrize(("epochs", "steps"), [(1, 1), (5, 1), (2, 2), (3, 1)])
+def test_schedules_survive_a_step_or_two_per_epoch(schedule, epochs, steps):
+    # A dataset smaller than a batch gives one step per epoch: OneCycleLR used to divide by
+    # zero there (found with a 12-study download).
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    recipe = Recipe(lr=1e-3, schedule=schedule, warmup_epochs=1.0)
+    sched = make_scheduler(opt, recipe, epochs=epochs, steps_per_epoch=steps)
+    lrs = []
+    for _ in range(epochs * steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert all(np.isfinite(lrs)) and max(lrs) <= 1e-3 + 1e-12
+
+
 def _toy_crops(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, 3, 16, 16) crops whose central brightness encodes the class."""
     rng = np.random.default_rng(seed)

@@ -13,18 +13,21 @@ def make_scheduler(
 ) -> lr_scheduler.LRScheduler:
     """Per-step schedule for ``recipe.schedule``.
 
-    ``onecycle``: torch's OneCycleLR peaking at ``recipe.lr`` after the warm-up share.
+    ``onecycle``: torch's OneCycleLR peaking at ``recipe.lr`` after the warm-up share (a
+    single step in all falls back to the cosine schedule).
     ``cosine``: LinearLR from ``lr / (warm + 1)`` up to ``lr`` over the ``warm`` warm-up
     steps, then CosineAnnealingLR down to 0 at the last step.
     """
     total = max(1, epochs * steps_per_epoch)
     warm = min(total - 1, int(recipe.warmup_epochs * steps_per_epoch))
-    if recipe.schedule == "onecycle":
+    if recipe.schedule == "onecycle" and total >= 2:
+        # OneCycleLR divides by the length of each phase: on a tiny dataset (a step or two
+        # per epoch) the warm-up must still span more than one step, or it divides by zero.
         return lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=recipe.lr,
             total_steps=total,
-            pct_start=max(warm / total, 0.01),
+            pct_start=max(warm / total, 0.01, 1.5 / total),
             anneal_strategy="cos",
         )
     cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm))
