@@ -376,6 +376,22 @@ def test_s3_remote_roundtrip_as_the_readme_configures_it(team, s3, tmp_path):
     assert status(clone) == {}
 
 
+@pytest.mark.slow
+def test_missing_s3_credentials_are_one_line_naming_the_remote(team, s3, tmp_path):
+    clone = tmp_path / "clone"
+    git_clone(team["work"], clone)
+    dvc(clone, "remote", "add", "-d", "--local", "team-s3", "s3://spinegrade/dvc")
+    dvc(clone, "remote", "modify", "--local", "team-s3", "endpointurl", s3)
+    bare = {k: v for k, v in env().items() if not k.startswith("AWS_")}
+    bare |= {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
+    t0 = time.monotonic()
+    proc = retrain(clone, check=False, env=bare)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 60
+    error = [ln for ln in proc.stderr.splitlines() if ln and not ln.startswith("make")]
+    assert len(error) == 1 and "remote 'team-s3 (s3://spinegrade/dvc)'" in error[0]
+    assert "Unable to locate credentials" in error[0]
+
+
 # --------------------------------------------------------------------------- changes seen
 
 
