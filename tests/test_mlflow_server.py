@@ -40,7 +40,7 @@ import psutil
 import psycopg
 import pytest
 import yaml
-from conftest import group_members
+from conftest import free_port, group_members
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image
@@ -62,12 +62,6 @@ RUN_NAME = f"{GROUP_NAME}-{BACKBONE}-fold0"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
-from conftest import group_members
+from conftest import free_port, group_members
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.cli import ui
@@ -41,12 +41,6 @@ def no_tracking_env(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")  # so teardown restores the original
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
