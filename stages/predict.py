@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params)
         cfg = params.predict
-        set_threads(params.train_per_condition.training.threads)
+        set_threads(params.engine.threads)
         root = Path(json.loads(Path(args.source).read_text())["images_root"])
         series = read_series_table(root / "test_series_descriptions.csv")
         bundle = load_bundle(
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             args.labels,
             params.train_per_condition,
             params.crop_rois,
+            params.engine.device,
         )
         answers = root / TEST_LABELS_CSV
         coordinates = root / TEST_COORDINATES_CSV

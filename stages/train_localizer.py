@@ -7,6 +7,8 @@ point error in mm (median, 90th percentile) and heatmap Dice on the validation s
 Logs the run as MLflow run localizer-{series} under the pipeline's parent run.
 Writes to --out: localizer.json (how to rebuild the model), weights.safetensors,
 history.csv, errors.csv (per validation point) and metrics.json.
+
+Device, precision and processes come from the engine params (as train-per-condition).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import mlflow
 import pandas as pd
 from safetensors.torch import save_file
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config import Params, load_params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
-from spinegrade.core.runtime import set_threads
+from spinegrade.core.runtime import Runtime
 from spinegrade.models.points import build_samples, point_spec
 from spinegrade.tracking import store as tracking
+from spinegrade.tracking.system import log_runtime, start_system_metrics
+from spinegrade.training.engine.distributed import launch
 from spinegrade.training.localizers.fit import train_localizer
 
 
@@ -38,8 +42,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = load_params(args.params)
+        launch(
+            params.engine,
+            __file__,
+            sys.argv[1:] if argv is None else argv,
+            lambda rt: train(params, rt),
+        )
+
+    def train(params: Params, rt: Runtime) -> None:
         cfg = params.train_localizer
-        set_threads(cfg.threads)
         spec = point_spec(args.series)
         inp = cfg.input_for(args.series)
         samples = build_samples(
@@ -49,23 +60,35 @@ def main(argv: list[str] | None = None) -> int:
             spec,
             inp,
         )
-        with tracking.child_run(
+        folds = pd.read_csv(args.folds)
+        if not rt.is_main:  # rank 0 alone logs to MLflow and writes outputs
+            train_localizer(samples, folds, spec, cfg, rt=rt)
+            return
+        start_system_metrics(params.engine.system_metrics_s)
+        run = tracking.child_run(
             params.mlflow.experiment,
             args.params,
             [args.volumes, args.folds],
             f"localizer-{args.series}",
             "localizer",
             tags={"series": args.series},
-        ):
+            log_system_metrics=True,
+        )
+        with run:  # an exception ends the run FAILED
             mlflow.log_params(
-                tracking.flatten(cfg.model_dump(exclude={"inputs"}) | {"input": inp.model_dump()})
+                tracking.flatten(
+                    cfg.model_dump(exclude={"inputs"})
+                    | {"input": inp.model_dump(), "engine": params.engine.model_dump()}
+                )
             )
+            log_runtime(rt)
 
-            def log_epoch(row: dict) -> None:
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
+            def log_epoch(epoch: int, row: dict) -> None:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
 
-            result = train_localizer(samples, pd.read_csv(args.folds), spec, cfg, log_epoch)
-            mlflow.log_metrics({f"final_{k}": float(v) for k, v in result.metrics.items()})
+            result = train_localizer(samples, folds, spec, cfg, log_epoch, rt)
+            cost = {"seconds": result.seconds, **result.speed}
+            mlflow.log_metrics({f"final_{k}": float(v) for k, v in (result.metrics | cost).items()})
             with atomic_dir(args.out) as tmp:
                 write_json(tmp / "localizer.json", result.meta)
                 with atomic_path(tmp / "weights.safetensors") as path:

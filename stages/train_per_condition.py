@@ -5,6 +5,10 @@ other folds' studies, keep the best epoch, predict the fold (out-of-fold probabi
 and log the fold as MLflow run {group}-{backbone}-fold{k} under the pipeline's parent run.
 Writes to --out: oof.csv, history.csv, metrics.json and fold{k}.safetensors (best weights;
 safetensors, unlike torch.save, writes the same bytes for the same weights).
+
+Device, precision and processes come from the engine params: with engine.nproc_per_node
+N > 1 the same command starts N processes under torchrun (DistributedDataParallel, one per
+GPU); only rank 0 logs to MLflow and writes outputs.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import save_file
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config import Params, load_params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
-from spinegrade.core.runtime import set_threads
+from spinegrade.core.runtime import Runtime
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.hooks import MlflowFoldHooks
-from spinegrade.training.graders.fit import train_group_backbone
+from spinegrade.training.engine.distributed import launch
+from spinegrade.training.graders.fit import FoldHooks, train_group_backbone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,31 +42,47 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = load_params(args.params)
+        launch(
+            params.engine,
+            __file__,
+            sys.argv[1:] if argv is None else argv,
+            lambda rt: train(params, rt),
+        )
+
+    def train(params: Params, rt: Runtime) -> None:
         cfg = params.train_per_condition
-        set_threads(cfg.training.threads)
-        crops = np.load(Path(args.crops) / f"{args.group}.npy")
+        # memory-mapped: data-loader workers share the file's pages instead of copies
+        crops = np.load(Path(args.crops) / f"{args.group}.npy", mmap_mode="r")
         index = pd.read_csv(Path(args.crops) / f"{args.group}.csv")
         folds = pd.read_csv(args.folds)
-
-        experiment, parent, tags = tracking.pipeline_run(
-            params.mlflow.experiment, args.params, [args.crops, args.folds]
+        hooks = FoldHooks()
+        if rt.is_main:  # rank 0 alone logs to MLflow and writes outputs
+            experiment, parent, tags = tracking.pipeline_run(
+                params.mlflow.experiment, args.params, [args.crops, args.folds]
+            )
+            recipe = cfg.recipe(args.backbone)
+            hooks = MlflowFoldHooks(
+                experiment,
+                parent,
+                args.group,
+                args.backbone,
+                params={
+                    "training": cfg.training.model_dump(),
+                    "recipe": recipe.model_dump(),
+                    "crops": {"in_chans": crops.shape[1], "size_px": crops.shape[2]},
+                    "engine": params.engine.model_dump(),
+                },
+                tags=tags,
+                log_model=cfg.training.log_model,
+                example_shape=(2, *crops.shape[1:]),
+                runtime=rt,
+                system_metrics_s=params.engine.system_metrics_s,
+            )
+        result = train_group_backbone(
+            crops, index, folds, args.group, args.backbone, cfg, hooks, rt
         )
-        recipe = cfg.recipe(args.backbone)
-        hooks = MlflowFoldHooks(
-            experiment,
-            parent,
-            args.group,
-            args.backbone,
-            params={
-                "training": cfg.training.model_dump(),
-                "recipe": recipe.model_dump(),
-                "crops": {"in_chans": crops.shape[1], "size_px": crops.shape[2]},
-            },
-            tags=tags,
-            log_model=cfg.training.log_model,
-            example_shape=(2, *crops.shape[1:]),
-        )
-        result = train_group_backbone(crops, index, folds, args.group, args.backbone, cfg, hooks)
+        if not rt.is_main:
+            return
         with atomic_dir(args.out) as tmp:
             write_csv(tmp / "oof.csv", result.oof)
             write_csv(tmp / "history.csv", result.history)

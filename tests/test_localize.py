@@ -51,7 +51,6 @@ def tiny_config(series: str, seed: int = 42) -> LocalizerConfig:
         encoder="mobilenetv2_100",
         decoder_channels=8,
         inputs={series: TINY_INPUT},
-        threads=1,
         seed=seed,
     )
 
@@ -93,7 +92,7 @@ def torch_threads(n: int):
 
 def train_tiny(samples, folds, series="sagittal_t2", seed=42, on_epoch=None):
     cfg = tiny_config(series, seed)
-    with torch_threads(cfg.threads):
+    with torch_threads(1):
         return train_localizer(samples, folds, point_spec(series), cfg, on_epoch)
 
 
@@ -559,7 +558,8 @@ def folds(tiny_ingest):
 @pytest.fixture(scope="module")
 def trained(samples, folds):
     rows: list[dict] = []
-    return train_tiny(samples["sagittal_t2"], folds, on_epoch=rows.append), rows
+    result = train_tiny(samples["sagittal_t2"], folds, on_epoch=lambda e, row: rows.append(row))
+    return result, rows
 
 
 def test_train_localizer_end_to_end(trained, samples, folds):

@@ -275,11 +275,11 @@ def train_ws(tmp_path_factory, tiny_crops) -> Path:
                 "folds": [0],
                 "epochs": 1,
                 "batch_size": 16,
-                "threads": 1,
                 "log_model": False,
             },
             "recipes": {BACKBONE: {"lr": 0.001}},
         },
+        "engine": {"device": "cpu", "threads": 1},
         "mlflow": {"experiment": EXPERIMENT},
     }
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

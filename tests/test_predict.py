@@ -263,9 +263,9 @@ def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
         "crop-rois": {"slices": CROP.slices, "size_px": CROP.size_px},
         "train-per-condition": {
             "backbones": [BACKBONE],
-            "training": {"threads": 1},
             "recipes": {BACKBONE: {}},
         },
+        "engine": {"device": "cpu", "threads": 1},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return {"root": root}

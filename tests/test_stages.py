@@ -38,6 +38,7 @@ def shrink(params: dict, **data) -> None:
     params["split-folds"]["n_folds"] = 3
     params["crop-rois"]["size_px"] = 32
     params["data"].update(data)
+    params["engine"]["device"] = "cpu"
 
 
 def tiny_params(dest: Path, **data) -> Path:

@@ -107,7 +107,7 @@ def predict_command(args: argparse.Namespace) -> None:
     from spinegrade.inference.predict import load_bundle, predict_studies
 
     params = load_params(args.params)
-    set_threads(params.train_per_condition.training.threads)
+    set_threads(params.engine.threads)
     if not Path(args.images).is_dir():
         raise DataError(f"{args.images}: images directory not found")
     series = read_series_table(args.series)
@@ -118,6 +118,7 @@ def predict_command(args: argparse.Namespace) -> None:
         args.labels,
         params.train_per_condition,
         params.crop_rois,
+        params.engine.device,
     )
     result = predict_studies(
         args.images, series, bundle, on_error=args.on_error, explain_dir=args.explain

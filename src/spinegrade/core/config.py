@@ -210,7 +210,6 @@ class TrainingConfig(_Section):
     normalize: Literal["crop", "model"] = "crop"
     pretrained: bool = False
     seed: int = 42
-    threads: int = 2
     log_model: bool = True
 
     @model_validator(mode="after")
@@ -309,6 +308,7 @@ class LocalizerConfig(_Section):
         decoder_channels: width of the decoder.
         sigma_px: Gaussian sigma of the target heatmaps, in heatmap pixels.
         inputs: per series type, the slices fed as channels, input size and epochs.
+        patience: stop after this many epochs without a lower validation loss.
         val_fold: fold held out to measure point error (the model trains on the others).
     """
 
@@ -320,10 +320,10 @@ class LocalizerConfig(_Section):
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    patience: int = 4
     augment: bool = True
     val_fold: int = 0
     seed: int = 42
-    threads: int = 2
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -333,14 +333,57 @@ class LocalizerConfig(_Section):
                 f"train-localizer: unknown series type(s) {unknown}; "
                 f"expected some of {list(SERIES_SLUGS.values())}"
             )
-        if self.batch_size < 1 or self.sigma_px <= 0:
-            raise ConfigError("train-localizer: batch_size must be >= 1 and sigma_px > 0")
+        if self.batch_size < 1 or self.sigma_px <= 0 or self.patience < 1:
+            raise ConfigError(
+                "train-localizer: batch_size and patience must be >= 1 and sigma_px > 0"
+            )
         return self
 
     def input_for(self, series: str) -> LocalizerInput:
         """The series type's input; :class:`LocalizerInput`'s defaults when ``inputs`` has
         none for it (unlike recipes, inputs are optional per series type)."""
         return self.inputs.get(series, LocalizerInput())
+
+
+class EngineConfig(_Section):
+    """engine: where and how both training stages (and predict) run their models.
+
+    Attributes:
+        device: ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``. Byte-identical
+            outputs for the same params are guaranteed on CPU only.
+        precision: ``fp32``; ``bf16`` autocast (CUDA GPUs from Ampere on, CPUs with AVX-512
+            bf16 or AMX); ``fp16`` autocast with a gradient scaler.
+        nproc_per_node: training processes (one per GPU) under torchrun with
+            DistributedDataParallel; 1 trains in the stage's own process.
+        workers: data-loader worker processes per training process; ``auto``: on CUDA the
+            cores shared out among the processes (at most 8 each), on CPU 0 (the step
+            itself uses every core there, workers would only take cores from it).
+        threads: torch CPU threads per stage (shared out among the processes on CPU;
+            0 or less: torch's default).
+        deterministic: deterministic kernels and no cuDNN autotuning (slower on GPU).
+        channels_last: channels-last memory format for the models on CUDA (tensor cores);
+            ignored on CPU, where it gains nothing.
+        system_metrics_s: seconds between MLflow system-metrics samples (CPU, RAM, GPU).
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    nproc_per_node: int = 1
+    workers: Literal["auto"] | int = "auto"
+    threads: int = 2
+    deterministic: bool = True
+    channels_last: bool = True
+    system_metrics_s: float = 5.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.nproc_per_node < 1:
+            raise ConfigError(f"engine.nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if isinstance(self.workers, int) and self.workers < 0:
+            raise ConfigError(f"engine.workers must be auto or >= 0, got {self.workers}")
+        if self.system_metrics_s <= 0:
+            raise ConfigError("engine.system_metrics_s must be > 0")
+        return self
 
 
 class PredictConfig(_Section):
@@ -376,6 +419,7 @@ class Params(_Section):
     train_localizer: LocalizerConfig = Field(
         default_factory=LocalizerConfig, alias="train-localizer"
     )
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 

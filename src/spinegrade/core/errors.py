@@ -17,6 +17,18 @@ class DicomError(ValueError):
     """An unreadable, truncated or geometry-less DICOM file; the message names it."""
 
 
+class TrainingError(RuntimeError):
+    """Training that cannot go on: a non-finite loss, a GPU out of memory; the message
+    names the job, the epoch and the param to change."""
+
+
 # pydantic's ValidationError: a config model built from a file other than params.yaml (a
 # trained localizer's localizer.json) with a bad value.
-EXPECTED_ERRORS = (ConfigError, DataError, DicomError, FileNotFoundError, ValidationError)
+EXPECTED_ERRORS = (
+    ConfigError,
+    DataError,
+    DicomError,
+    TrainingError,
+    FileNotFoundError,
+    ValidationError,
+)

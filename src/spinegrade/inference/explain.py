@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from spinegrade.core import vocab
-from spinegrade.core.runtime import device
 from spinegrade.inference.grading import Grader
 from spinegrade.models.inputs import CropDataset
 
@@ -64,7 +63,7 @@ def write_explanations(
         if grader is None:
             continue
         ds = CropDataset(crops[i : i + 1], np.zeros(1, dtype=np.int64), grader.mean, grader.std)
-        x = ds[0][0][None].to(device())
+        x = ds[0][0][None].to(next(grader.models[0].parameters()).device)
         proba = row[list(vocab.SEVERITY_COLUMNS)].to_numpy(dtype=float)
         target = int(np.argmax(proba))
         cam = grad_cam(grader.models[0], x, target)

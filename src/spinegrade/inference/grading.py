@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -60,9 +61,15 @@ def select_backbones(comparison: dict, groups: list[str]) -> dict[str, str]:
 
 
 def load_graders(
-    models_dir: str | Path, selection: dict[str, str], train: TrainConfig, crop: CropConfig
+    models_dir: str | Path,
+    selection: dict[str, str],
+    train: TrainConfig,
+    crop: CropConfig,
+    dev: torch.device | None = None,
 ) -> dict[str, Grader]:
-    """Rebuild each selected backbone from ``{models}/{group}/{backbone}/fold*.safetensors``."""
+    """Rebuild each selected backbone from ``{models}/{group}/{backbone}/fold*.safetensors``
+    on ``dev`` (default: the CPU)."""
+    dev = dev or device("cpu")
     graders = {}
     for group, backbone in selection.items():
         directory = Path(models_dir) / group / backbone
@@ -75,7 +82,7 @@ def load_graders(
                 backbone, crop.slices, crop.size_px, train.recipe(backbone).model_kwargs
             )
             model.load_state_dict(load_file(str(f)))
-            models.append(model.to(device()).eval())
+            models.append(model.to(dev).eval())
         mean, std = (None, None)
         if train.training.normalize == "model":
             mean, std = input_normalization(models[0])

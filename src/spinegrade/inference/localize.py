@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.torch import load_file
 
 from spinegrade.core import vocab
@@ -37,8 +38,9 @@ class Localizer:
     inp: LocalizerInput
 
     @classmethod
-    def load(cls, directory: str | Path) -> Localizer:
-        """Load ``localizer.json`` + ``weights.safetensors`` written by train-localizer."""
+    def load(cls, directory: str | Path, dev: torch.device | None = None) -> Localizer:
+        """Load ``localizer.json`` + ``weights.safetensors`` written by train-localizer, on
+        ``dev`` (default: the CPU)."""
         directory = Path(directory)
         meta_path = directory / "localizer.json"
         if not meta_path.is_file():
@@ -49,7 +51,7 @@ class Localizer:
             meta["encoder"], meta["in_chans"], meta["n_points"], meta["decoder_channels"]
         )
         model.load_state_dict(load_file(str(directory / "weights.safetensors")))
-        model.to(device()).eval()
+        model.to(dev or device("cpu")).eval()
         return cls(model, spec, LocalizerInput(**meta["input"]))
 
     def locate(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from spinegrade.core import vocab
+from spinegrade.core import runtime, vocab
 from spinegrade.core.config import CropConfig, TrainConfig
 from spinegrade.inference.explain import write_explanations
 from spinegrade.inference.grading import Grader, grade_points, load_graders, select_backbones
@@ -54,6 +54,7 @@ def load_bundle(
     labels_path: str | Path,
     train: TrainConfig,
     crop: CropConfig,
+    device: str = "cpu",
 ) -> Bundle:
     """Graders chosen by compare-backbones, the three localizers, and the class prior.
 
@@ -64,16 +65,18 @@ def load_bundle(
         labels_path: ingest's labels.csv (training labels: the class prior).
         train: train-per-condition params the graders were trained with (recipes).
         crop: crop-rois params their crops were cut with.
+        device: engine.device to run the models on (auto, cpu or cuda).
     """
+    dev = runtime.device(device)
     comparison_path = Path(comparison_path)
     if not comparison_path.is_file():
         raise FileNotFoundError(
             f"{comparison_path}: no compare-backbones report (run `dvc repro` first)"
         )
     selection = select_backbones(json.loads(comparison_path.read_text()), list(vocab.GROUPS))
-    graders = load_graders(models_dir, selection, train, crop)
+    graders = load_graders(models_dir, selection, train, crop, dev)
     localizers = {
-        slug: Localizer.load(Path(localizers_dir) / slug) for slug in vocab.SERIES_FROM_SLUG
+        slug: Localizer.load(Path(localizers_dir) / slug, dev) for slug in vocab.SERIES_FROM_SLUG
     }
     labels_path = Path(labels_path)
     if not labels_path.is_file():

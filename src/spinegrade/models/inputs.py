@@ -9,9 +9,21 @@ import numpy as np
 import torch
 
 
+def seeded_item(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """(index, augmentation seed or None) from a sampler's key: a plain index, or the
+    (index, seed) pairs the training engine's sampler hands out, so that a sample is
+    augmented the same way in whichever process loads it."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), None
+
+
 class CropDataset(torch.utils.data.Dataset):
     """Crops as standardized float tensors (k, S, S), with labels.
 
+    ``crops`` may be a memory-mapped array (``np.load(..., mmap_mode="r")``): items are
+    read from it one at a time, ``rows`` picking which (default: all, in order), so data
+    loader workers share the file's pages instead of each holding a copy.
     ``mean``/``std`` None standardize each crop by its own mean and standard deviation;
     numbers standardize every crop alike (e.g. the model's data config).
     """
@@ -23,18 +35,26 @@ class CropDataset(torch.utils.data.Dataset):
         mean: float | None = None,
         std: float | None = None,
         augment: A.Compose | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
         self.crops = crops
+        self.rows = np.arange(len(crops)) if rows is None else np.asarray(rows)
+        labels = np.asarray(labels)
+        if len(labels) != len(self.rows):
+            raise ValueError(f"{len(labels)} labels for {len(self.rows)} crops")
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.mean, self.std = mean, std
         self.augment = augment
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.crops[i]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = seeded_item(key)
+        img = np.asarray(self.crops[self.rows[i]])
         if self.augment is not None:
+            if seed is not None:
+                self.augment.set_random_seed(seed)
             img = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)))["image"]
             img = img.transpose(2, 0, 1)
         x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)

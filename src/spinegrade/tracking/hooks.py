@@ -1,4 +1,5 @@
-"""MLflow logging of training: one nested run per (group, backbone, fold)."""
+"""MLflow logging of training: one nested run per (group, backbone, fold), and what every
+training run logs about the machine it ran on."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import timm
 import torch
 from torch import nn
 
+from spinegrade.core.runtime import Runtime
 from spinegrade.tracking.plots import confusion_figure
 from spinegrade.tracking.store import flatten
+from spinegrade.tracking.system import end_failed, log_runtime, start_system_metrics
 from spinegrade.training.graders.fit import FoldHooks
 
 log = logging.getLogger(__name__)
@@ -21,9 +24,11 @@ log = logging.getLogger(__name__)
 class MlflowFoldHooks(FoldHooks):
     """Logs each fold as run ``{group}-{backbone}-fold{k}`` nested under ``parent_id``.
 
-    Per run: params, per-epoch losses and metrics, final metrics (GFLOPs and parameter
-    count among them), the confusion matrix as an image, the model (mlflow.pytorch), and
-    tags with the git commit and the DVC hashes of the data it saw.
+    Per run: params, per-epoch losses, metrics and throughput, final metrics (GFLOPs,
+    parameter count, images per second, peak memory among them), MLflow's system metrics,
+    the device as ``engine.*`` tags, the confusion matrix as an image, the model
+    (mlflow.pytorch), and tags with the git commit and the DVC hashes of the data it saw.
+    A fold that raises ends its run FAILED with the error as tag ``error``.
     """
 
     def __init__(
@@ -36,11 +41,15 @@ class MlflowFoldHooks(FoldHooks):
         tags: dict[str, str],
         log_model: bool,
         example_shape: tuple[int, ...],
+        runtime: Runtime | None = None,
+        system_metrics_s: float = 5.0,
     ) -> None:
         self.experiment_id, self.parent_id = experiment_id, parent_id
         self.group, self.backbone = group, backbone
         self.params, self.tags, self.log_model = flatten(params), tags, log_model
         self.example_shape = example_shape  # (2, k, S, S): a batch the model is traced on
+        self.runtime = runtime
+        start_system_metrics(system_metrics_s)
 
     def start(self, fold: int) -> None:
         mlflow.start_run(
@@ -54,8 +63,11 @@ class MlflowFoldHooks(FoldHooks):
                 "fold": str(fold),
                 "spinegrade.role": "train",
             },
+            log_system_metrics=True,
         )
         mlflow.log_params({**self.params, "fold": fold})
+        if self.runtime is not None:
+            log_runtime(self.runtime)
 
     def epoch(self, fold: int, epoch: int, row: dict) -> None:
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -68,6 +80,9 @@ class MlflowFoldHooks(FoldHooks):
         if self.log_model:
             log_torch_model(model, self.example_shape)
         mlflow.end_run()
+
+    def fail(self, fold: int, error: BaseException) -> None:
+        end_failed(error)
 
 
 def log_torch_model(model: nn.Module, example_shape: tuple[int, ...]) -> None:

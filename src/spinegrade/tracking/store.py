@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from spinegrade.core.errors import ConfigError
+from spinegrade.tracking.system import tag_error
 
 log = logging.getLogger(__name__)
 
@@ -284,17 +285,24 @@ def child_run(
     name: str,
     role: str,
     tags: dict[str, str] | None = None,
+    log_system_metrics: bool | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run ``name`` nested under the pipeline's parent run (see pipeline_run),
-    tagged with provenance and ``spinegrade.role`` = ``role``."""
+    tagged with provenance and ``spinegrade.role`` = ``role``. An exception inside ends
+    the run FAILED (KILLED for Ctrl-C) with the error as tag ``error``, and re-raises."""
     experiment_id, parent, base = pipeline_run(experiment, params_path, data_paths)
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=name,
         parent_run_id=parent,
         tags={**base, ROLE_TAG: role, **(tags or {})},
+        log_system_metrics=log_system_metrics,
     ) as run:
-        yield run
+        try:
+            yield run
+        except BaseException as exc:
+            tag_error(exc)
+            raise
 
 
 def numeric(report: dict) -> dict[str, float]:

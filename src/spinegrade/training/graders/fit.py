@@ -8,10 +8,7 @@ The validation loss is the official metric's per-group term: cross-entropy weigh
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,22 +16,20 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from spinegrade.core import vocab
 from spinegrade.core.config import Recipe, TrainConfig, TrainingConfig
-from spinegrade.core.runtime import device, seed_everything
+from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.backbones import (
     count_parameters,
     create_backbone,
     input_normalization,
     model_flops,
-    predict_proba,
 )
 from spinegrade.models.inputs import CropDataset
 from spinegrade.scoring.metrics import classification_metrics
 from spinegrade.training.engine.augment import build_augmentation
-from spinegrade.training.engine.schedules import make_scheduler
+from spinegrade.training.engine.loop import Batch, LoopSettings, fit
 from spinegrade.training.graders.losses import make_loss, metric_loss
 
 log = logging.getLogger(__name__)
@@ -54,6 +49,31 @@ def oversample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate(index))
 
 
+class GraderTask:
+    """The graders' part of the training loop: weighted loss, softmax probabilities, and
+    validation by the metric's group term, macro recall and macro F1."""
+
+    def __init__(self, criterion: nn.Module, labels: np.ndarray) -> None:
+        self.criterion, self.labels = criterion, labels
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return self.criterion(model(x), y)
+
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        logits = model(batch[0])
+        return {"proba": torch.softmax(logits.float(), dim=1).double().cpu().numpy()}
+
+    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        proba = outputs["proba"]
+        scores = classification_metrics(self.labels, proba)
+        return {
+            "val_loss": metric_loss(proba, self.labels),
+            "val_macro_recall": scores["macro_recall"],
+            "val_macro_f1": scores["macro_f1"],
+        }
+
+
 @dataclass
 class FoldResult:
     """What training one fold produced."""
@@ -63,6 +83,7 @@ class FoldResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
+    speed: dict[str, float] = field(default_factory=dict)  # images/s, peak memory (MB)
 
 
 def train_fold(
@@ -74,6 +95,7 @@ def train_fold(
     seed: int,
     on_epoch: Callable[[int, dict], None] | None = None,
     desc: str = "train",
+    rt: Runtime | None = None,
 ) -> tuple[nn.Module, FoldResult]:
     """Train one fold from scratch (or ``recipe.weights``); keep the best validation epoch.
 
@@ -81,88 +103,58 @@ def train_fold(
         backbone: timm name.
         recipe: the backbone's optimizer, schedule and model arguments.
         cfg: shared settings (epochs, patience, loss, oversampling, ...).
-        train, val: (crops (N, k, S, S) uint8, labels (N,) int).
+        train, val: (crops, labels): crops an (N, k, S, S) uint8 array (memory-mapped or
+            not) and labels (N,) int; or crops the whole group's array and labels a pair
+            (rows into it, labels of those rows), which reads the rows lazily.
         seed: seed for weights, batches and augmentation (seed + fold by convention).
         on_epoch: called with (epoch, metrics) after each epoch (e.g. to log to MLflow).
+        rt: device, precision and processes (default: one process on the CPU, fp32).
 
     Returns:
         (model with the best weights loaded, FoldResult).
     """
-    start = time.perf_counter()
-    seed_everything(seed)
-    dev = device()
-    k, size = train[0].shape[1], train[0].shape[2]
+    rt = rt or Runtime(device("cpu"))
+    seed_everything(seed, rt.deterministic)
+    (train_crops, train_rows, train_labels), (val_crops, val_rows, val_labels) = (
+        _rows(*train),
+        _rows(*val),
+    )
+    k, size = train_crops.shape[1], train_crops.shape[2]
     model = create_backbone(
         backbone, k, size, recipe.model_kwargs, cfg.pretrained, recipe.weights or None
-    ).to(dev)
+    )
     mean, std = input_normalization(model) if cfg.normalize == "model" else (None, None)
-    rng = np.random.default_rng(seed)
-    idx = oversample(train[1], rng) if cfg.oversample else np.arange(len(train[1]))
-    train_ds = CropDataset(
-        train[0][idx], train[1][idx], mean, std, build_augmentation(seed) if cfg.augment else None
+    idx = (
+        oversample(train_labels, np.random.default_rng(seed))
+        if cfg.oversample
+        else np.arange(len(train_labels))
     )
-    val_ds = CropDataset(val[0], val[1], mean, std)
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        train_ds,
+    augment = build_augmentation(seed) if cfg.augment else None
+    train_ds = CropDataset(train_crops, train_labels[idx], mean, std, augment, rows=train_rows[idx])
+    val_ds = CropDataset(val_crops, val_labels, mean, std, rows=val_rows)
+    settings = LoopSettings(
+        epochs=cfg.epochs,
+        patience=cfg.patience,
         batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(train_ds) > cfg.batch_size,
-        generator=generator,
+        seed=seed,
+        desc=desc,
+        drop_last=True,
+        oom_hint=f"train-per-condition.training.batch_size or crop-rois.size_px (now {size} px)",
     )
-    criterion = make_loss(cfg).to(dev)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
-    )
-    scheduler = make_scheduler(optimizer, recipe, cfg.epochs, len(loader))
-    scaler = torch.amp.GradScaler(enabled=dev.type == "cuda")
-
-    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
-    history: list[dict] = []
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
-    for epoch in bar:
-        model.train()
-        total, n = 0.0, 0
-        for x, y in loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-                loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += loss.item() * len(y)
-            n += len(y)
-        proba = predict_proba(model, val_ds, cfg.batch_size * 2)
-        scores = classification_metrics(val[1], proba)
-        row = {
-            "epoch": epoch,
-            "train_loss": total / max(n, 1),
-            "val_loss": metric_loss(proba, val[1]),
-            "val_macro_recall": scores["macro_recall"],
-            "val_macro_f1": scores["macro_f1"],
-            "lr": float(optimizer.param_groups[0]["lr"]),
-        }
-        history.append(row)
-        if on_epoch:
-            on_epoch(epoch, row)
-        bar.set_postfix(
-            loss=f"{row['train_loss']:.3f}",
-            val=f"{row['val_loss']:.3f}",
-            recall=f"{row['val_macro_recall']:.2f}",
-        )
-        if row["val_loss"] < best[0]:
-            best = (row["val_loss"], epoch, copy.deepcopy(model.state_dict()))
-        elif epoch - best[1] >= cfg.patience:
-            log.info("%s: early stop at epoch %d (best %d)", desc, epoch, best[1])
-            break
-    model.load_state_dict(best[2])
-    oof = predict_proba(model, val_ds, cfg.batch_size * 2)
+    task = GraderTask(make_loss(cfg), val_labels)
+    res = fit(model, train_ds, val_ds, task, recipe, settings, rt, on_epoch)
     result = FoldResult(
-        {k: v.cpu() for k, v in best[2].items()}, oof, history, best[1], time.perf_counter() - start
+        res.state, res.outputs["proba"], res.history, res.best_epoch, res.seconds, res.speed
     )
-    return model, result
+    return res.model, result
+
+
+def _rows(crops: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crops, rows, labels) from train_fold's (crops, labels) or (crops, (rows, labels))."""
+    if isinstance(labels, tuple):
+        rows, labels = labels
+        return crops, np.asarray(rows), np.asarray(labels)
+    return crops, np.arange(len(crops)), np.asarray(labels)
 
 
 @dataclass
@@ -184,6 +176,9 @@ class FoldHooks:
 
     def end(self, fold: int, model: nn.Module, metrics: dict, confusion: list) -> None: ...
 
+    def fail(self, fold: int, error: BaseException) -> None:
+        """The fold stopped with ``error`` (its run is marked failed, then it re-raises)."""
+
 
 def train_group_backbone(
     crops: np.ndarray,
@@ -193,6 +188,7 @@ def train_group_backbone(
     backbone: str,
     cfg: TrainConfig,
     hooks: FoldHooks | None = None,
+    rt: Runtime | None = None,
 ) -> GroupResult:
     """Train ``backbone`` on ``group``'s crops for each configured fold; gather OOF output.
 
@@ -201,6 +197,7 @@ def train_group_backbone(
         folds: (study_id, fold) for every study.
         cfg: train-per-condition params (training settings and recipes).
         hooks: per-fold callbacks (e.g. MLflow logging).
+        rt: device, precision and processes (default: one process on the CPU, fp32).
 
     Returns:
         GroupResult whose ``oof`` holds the out-of-fold probabilities of every crop in the
@@ -225,16 +222,21 @@ def train_group_backbone(
                 f"{group}: fold {fold} has no crops (folds: {sorted(fold_of.unique())})"
             )
         hooks.start(fold)
-        model, res = train_fold(
-            backbone,
-            recipe,
-            cfg.training,
-            (crops[~val], labels[~val]),
-            (crops[val], labels[val]),
-            seed=cfg.training.seed + fold,
-            on_epoch=lambda e, row, f=fold: hooks.epoch(f, e, row),
-            desc=f"{group}-{backbone}-fold{fold}",
-        )
+        try:
+            model, res = train_fold(
+                backbone,
+                recipe,
+                cfg.training,
+                (crops, (np.flatnonzero(~val), labels[~val])),
+                (crops, (np.flatnonzero(val), labels[val])),
+                seed=cfg.training.seed + fold,
+                on_epoch=lambda e, row, f=fold: hooks.epoch(f, e, row),
+                desc=f"{group}-{backbone}-fold{fold}",
+                rt=rt,
+            )
+        except BaseException as exc:
+            hooks.fail(fold, exc)
+            raise
         m = classification_metrics(labels[val], res.oof)
         summary = {
             "best_epoch": res.best_epoch,
@@ -248,7 +250,7 @@ def train_group_backbone(
             "n_val": int(val.sum()),
         }
         per_fold[f"fold{fold}"] = summary  # no wall-clock time here: outputs stay reproducible
-        cost = {"gflops": gflops, "params": n_params, "seconds": res.seconds}
+        cost = {"gflops": gflops, "params": n_params, "seconds": res.seconds, **res.speed}
         hooks.end(fold, model, {**summary, **cost}, m["confusion"])
         states[fold] = res.state_dict
         part = index.loc[val, OOF_KEYS].copy()

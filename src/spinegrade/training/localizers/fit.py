@@ -7,7 +7,6 @@ holds the torch dataset with its targets, the training loop and the validation p
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,19 +15,22 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+from torch import nn
 
-from spinegrade.core.config import LocalizerConfig
-from spinegrade.core.runtime import device, seed_everything
+from spinegrade.core.config import LocalizerConfig, Recipe
+from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.heatmap import (
+    OFFSET_SCALE_MM,
     HeatmapNet,
+    Prediction,
     gaussian_heatmaps,
     point_errors,
-    run_model,
     summarize_errors,
 )
+from spinegrade.models.inputs import seeded_item
 from spinegrade.models.points import PointSpec, Sample, to_input
 from spinegrade.training.engine.augment import build_augmentation
+from spinegrade.training.engine.loop import Batch, LoopSettings, fit
 from spinegrade.training.localizers.losses import heatmap_loss, offset_loss
 
 log = logging.getLogger(__name__)
@@ -45,13 +47,16 @@ class LocalizerDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = seeded_item(key)
         s = self.samples[i]
         size = s.image.shape[-1]
         present = np.isfinite(s.points).all(axis=1)
         pts = to_input(np.nan_to_num(s.points), s.shape, size)
         image = s.image
         if self.augment is not None:
+            if seed is not None:
+                self.augment.set_random_seed(seed)
             out = self.augment(image=np.ascontiguousarray(image.transpose(1, 2, 0)), keypoints=pts)
             image = out["image"].transpose(2, 0, 1)
             pts = np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)
@@ -68,6 +73,46 @@ class LocalizerDataset(torch.utils.data.Dataset):
         )
 
 
+class LocalizerTask:
+    """The localisers' part of the training loop: heatmap cross-entropy plus (for per-level
+    sagittal points) the slice-offset loss; validation by loss and point error in mm."""
+
+    def __init__(self, val: list[Sample], spec: PointSpec, stride: int, sigma: float) -> None:
+        self.val, self.spec, self.stride, self.sigma = val, spec, stride, sigma
+        self.use_offsets = 1.0 if spec.per_level else 0.0
+
+    def _loss(self, model: nn.Module, batch: Batch, per_sample: bool):
+        x, target, mask, offsets = batch
+        logits, pred_off = model(x)
+        loss = heatmap_loss(logits, target, mask, per_sample) + self.use_offsets * offset_loss(
+            pred_off, offsets, mask, per_sample
+        )
+        return loss, logits, pred_off
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self._loss(model, batch, per_sample=False)[0]
+
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        loss, logits, offsets = self._loss(model, batch, per_sample=True)
+        b, k, h, w = logits.shape
+        heat = logits.float().flatten(2).softmax(-1).reshape(b, k, h, w)
+        return {
+            "loss": loss.double().cpu().numpy(),
+            "heatmaps": heat.cpu().numpy(),
+            "offsets_mm": offsets.float().cpu().numpy() * OFFSET_SCALE_MM,
+        }
+
+    def errors(self, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
+        pred = Prediction(outputs["heatmaps"], outputs["offsets_mm"])
+        return point_errors(self.val, pred, self.spec, self.stride, self.sigma)
+
+    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        return {
+            "val_loss": float(np.mean(outputs["loss"])),
+            **summarize_errors(self.errors(outputs)),
+        }
+
+
 @dataclass
 class LocalizerResult:
     """What training returns: best weights, per-epoch history, validation errors."""
@@ -77,6 +122,8 @@ class LocalizerResult:
     errors: pd.DataFrame
     metrics: dict[str, float]
     meta: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    speed: dict[str, float] = field(default_factory=dict)  # images/s, peak memory (MB)
 
 
 def train_localizer(
@@ -84,19 +131,23 @@ def train_localizer(
     folds: pd.DataFrame,
     spec: PointSpec,
     cfg: LocalizerConfig,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    rt: Runtime | None = None,
 ) -> LocalizerResult:
     """Train on every fold but ``cfg.val_fold``; keep the epoch with the lowest validation
-    loss; report its point errors on the validation studies.
+    loss (stopping after ``cfg.patience`` epochs without one); report its point errors on
+    the validation studies.
 
     Args:
         samples: build_samples output.
         folds: split-folds table (study_id, fold).
         spec: the series type's points.
         cfg: train-localizer params.
-        on_epoch: called with each epoch's row of the history (for MLflow).
+        on_epoch: called with (epoch, the epoch's history row and throughput) for MLflow.
+        rt: device, precision and processes (default: one process on the CPU, fp32).
     """
-    seed_everything(cfg.seed)
+    rt = rt or Runtime(device("cpu"))
+    seed_everything(cfg.seed, rt.deterministic)
     fold_of = dict(zip(folds["study_id"], folds["fold"], strict=True))
     missing = sorted({s.study_id for s in samples} - set(fold_of))
     if missing:
@@ -110,8 +161,7 @@ def train_localizer(
         )
     inp = cfg.input_for(spec.series)
     in_chans = train[0].image.shape[0]
-    dev = device()
-    model = HeatmapNet(cfg.encoder, in_chans, len(spec.keys), cfg.decoder_channels).to(dev)
+    model = HeatmapNet(cfg.encoder, in_chans, len(spec.keys), cfg.decoder_channels)
     aug = (
         build_augmentation(cfg.seed, translate=0.08, rotate=8.0, keypoints=True)
         if cfg.augment
@@ -119,52 +169,31 @@ def train_localizer(
     )
     train_ds = LocalizerDataset(train, model.stride, cfg.sigma_px, aug)
     val_ds = LocalizerDataset(val, model.stride, cfg.sigma_px)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=False
+    # one-cycle with a tenth of the epochs as warm-up
+    recipe = Recipe(
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        schedule="onecycle",
+        warmup_epochs=0.1 * inp.epochs,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = inp.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.1
+    settings = LoopSettings(
+        epochs=inp.epochs,
+        patience=cfg.patience,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        desc=f"localizer {spec.series}",
+        eval_batch_size=cfg.batch_size,
+        oom_hint=f"train-localizer.batch_size or train-localizer.inputs.{spec.series}.image_px",
     )
-    use_offsets = 1.0 if spec.per_level else 0.0
-    history, best, best_loss = [], None, float("inf")
-    bar = tqdm(range(inp.epochs), desc=f"localizer {spec.series}", unit="epoch")
-    for epoch in bar:
-        model.train()
-        total, n = 0.0, 0
-        for x, target, mask, offsets in loader:
-            x, target, mask, offsets = (t.to(dev) for t in (x, target, mask, offsets))
-            logits, pred_off = model(x)
-            loss = heatmap_loss(logits, target, mask)
-            loss = loss + use_offsets * offset_loss(pred_off, offsets, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(x)
-            n += len(x)
-        val_loss = evaluate_loss(model, val_ds, cfg.batch_size, use_offsets)
-        pred = run_model(model, np.stack([s.image for s in val]), cfg.batch_size)
-        summary = summarize_errors(point_errors(val, pred, spec, model.stride, cfg.sigma_px))
-        row = {"epoch": epoch, "train_loss": total / n, "val_loss": val_loss, **summary}
-        history.append(row)
-        bar.set_postfix(
-            val_loss=f"{val_loss:.3f}", median_mm=f"{summary['point_error_mm_median']:.1f}"
-        )
-        if on_epoch is not None:
-            on_epoch(row)
-        if val_loss < best_loss:
-            best_loss, best = val_loss, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best)
-    pred = run_model(model, np.stack([s.image for s in val]), cfg.batch_size)
-    errors = point_errors(val, pred, spec, model.stride, cfg.sigma_px)
-    best_epoch = int(np.argmin([r["val_loss"] for r in history]))
+    task = LocalizerTask(val, spec, model.stride, cfg.sigma_px)
+    res = fit(model, train_ds, val_ds, task, recipe, settings, rt, on_epoch)
+    errors = task.errors(res.outputs)
+    best = next(row for row in res.history if row["epoch"] == res.best_epoch)
     metrics = {
         **summarize_errors(errors),
-        "val_loss": best_loss,
-        "best_epoch": best_epoch,
+        "val_loss": best["val_loss"],
+        "best_epoch": res.best_epoch,
+        "epochs_run": len(res.history),
         "train_samples": len(train),
         "val_samples": len(val),
     }
@@ -179,24 +208,6 @@ def train_localizer(
         "sigma_px": cfg.sigma_px,
         "input": inp.model_dump(),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return LocalizerResult(state, pd.DataFrame(history), errors, metrics, meta)
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: HeatmapNet, dataset: LocalizerDataset, batch_size: int, use_offsets: float
-) -> float:
-    """Mean loss over ``dataset`` (no augmentation)."""
-    dev = next(model.parameters()).device
-    model.eval()
-    total, n = 0.0, 0
-    for x, target, mask, offsets in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        x, target, mask, offsets = (t.to(dev) for t in (x, target, mask, offsets))
-        logits, pred_off = model(x)
-        loss = heatmap_loss(logits, target, mask) + use_offsets * offset_loss(
-            pred_off, offsets, mask
-        )
-        total += float(loss) * len(x)
-        n += len(x)
-    return total / max(n, 1)
+    return LocalizerResult(
+        res.state, pd.DataFrame(res.history), errors, metrics, meta, res.seconds, res.speed
+    )

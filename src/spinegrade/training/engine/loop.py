@@ -1,0 +1,253 @@
+"""The one training loop: graders and localisers plug their dataset, loss and validation
+metrics into it as a :class:`Task`; everything else is here, once.
+
+Per epoch (numbered from 1): train over a shuffled shard of the training set (mixed
+precision if asked, a gradient scaler for fp16, the schedule stepped per optimizer step),
+predict the whole validation set (sharded across processes and gathered), score it, call
+the epoch hook, keep the weights and validation outputs of the epoch with the lowest
+validation loss, and stop after ``patience`` epochs without a lower one.
+
+A non-finite training loss stops the job at once with an error naming the epoch and step;
+a CUDA out-of-memory error names the settings to lower.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from spinegrade.core.config import Recipe
+from spinegrade.core.errors import TrainingError
+from spinegrade.core.runtime import Runtime, peak_memory_mb
+from spinegrade.training.engine.distributed import all_sum, gather_shards
+from spinegrade.training.engine.loader import SeededSampler, make_loader
+from spinegrade.training.engine.schedules import make_scheduler
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, ...]
+
+
+class Task(Protocol):
+    """What one model family adds to the loop."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The training loss of a batch already on the device (called under autocast)."""
+        ...
+
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        """Per-sample validation outputs of a batch (under autocast and no_grad)."""
+        ...
+
+    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Validation metrics of the whole set's outputs; must include ``val_loss``."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The loop's knobs. ``drop_last`` drops a last partial training batch (BatchNorm
+    cannot train on a batch of one); ``oom_hint`` names what to lower on CUDA OOM."""
+
+    epochs: int
+    patience: int
+    batch_size: int
+    seed: int
+    desc: str = "train"
+    eval_batch_size: int = 0  # 0: twice batch_size
+    drop_last: bool = False
+    oom_hint: str = "the batch size"
+
+
+@dataclass
+class FitResult:
+    """The model with its best weights, and what training measured."""
+
+    model: nn.Module
+    state: dict[str, torch.Tensor]  # best weights, on the CPU
+    history: list[dict]  # one row per epoch: epoch, train_loss, validation scores, lr
+    best_epoch: int
+    outputs: dict[str, np.ndarray]  # validation outputs of the best epoch
+    seconds: float = 0.0
+    speed: dict[str, float] = field(default_factory=dict)  # images/s, peak memory (MB)
+
+
+def _precision_hint(precision: str) -> str:
+    if precision == "fp32":
+        return ""
+    return f", or train in engine.precision fp32 (now {precision})"
+
+
+def _check_gradients(model: nn.Module, desc: str, epoch: int, step: int, precision: str) -> None:
+    """TrainingError naming the first parameter whose gradient is not finite, if any (a
+    finite loss can still give one; the optimizer would turn the weights into NaN)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        return
+    name = next(
+        n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
+    )
+    raise TrainingError(
+        f"{desc}: the gradient of {name} is not finite at epoch {epoch}, step {step} "
+        f"(the loss was finite): lower the learning rate{_precision_hint(precision)}"
+    )
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _on_device(rt: Runtime, batch: Batch) -> Batch:
+    return tuple(rt.to_device(t) for t in batch)
+
+
+@torch.no_grad()
+def predict_all(
+    model: nn.Module, task: Task, loader: torch.utils.data.DataLoader, rt: Runtime, n: int
+) -> dict[str, np.ndarray]:
+    """``task.predict`` over this process's shard of a validation loader, gathered into
+    dataset order on every process."""
+    model.eval()
+    parts: list[dict[str, np.ndarray]] = []
+    for batch in loader:
+        with rt.autocast():
+            parts.append(task.predict(model, _on_device(rt, batch)))
+    local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return gather_shards(rt, local, n)
+
+
+def fit(
+    model: nn.Module,
+    train_set: torch.utils.data.Dataset,
+    val_set: torch.utils.data.Dataset,
+    task: Task,
+    recipe: Recipe,
+    settings: LoopSettings,
+    rt: Runtime,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train ``model`` (already seeded and built) on ``train_set``; keep its best epoch.
+
+    Args:
+        recipe: AdamW learning rate and weight decay, and the schedule.
+        on_epoch: called on rank 0 with (epoch, the epoch's history row plus its
+            throughput: train/eval images per second, peak memory in MB) for MLflow.
+
+    Raises:
+        TrainingError: a non-finite training loss, or CUDA out of memory.
+    """
+    try:
+        return _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch)
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"{settings.desc}: CUDA out of memory at batch size {settings.batch_size}: "
+            f"lower {settings.oom_hint}"
+        ) from None
+
+
+def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> FitResult:
+    start = time.perf_counter()
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = model
+    if rt.world > 1:
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
+    sampler = SeededSampler(len(train_set), settings.seed, rt.rank, rt.world)
+    shard_size = len(sampler)
+    drop_last = settings.drop_last and shard_size > settings.batch_size
+    train_loader = make_loader(train_set, settings.batch_size, rt, sampler, drop_last)
+    n_val = len(val_set)
+    val_loader = make_loader(
+        val_set,
+        settings.eval_batch_size or 2 * settings.batch_size,
+        rt,
+        list(range(rt.rank, n_val, rt.world)),
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
+    scheduler = make_scheduler(optimizer, recipe, settings.epochs, len(train_loader))
+    scaler = rt.grad_scaler()
+
+    best_loss, best_epoch, best_state, best_outputs = math.inf, 0, _cpu_state(model), {}
+    history: list[dict] = []
+    speeds: list[dict] = []
+    bar = tqdm(
+        range(1, settings.epochs + 1), desc=settings.desc, unit="epoch", disable=not rt.is_main
+    )
+    for epoch in bar:
+        sampler.set_epoch(epoch)
+        net.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0.0
+        for step, batch in enumerate(train_loader, 1):
+            batch = _on_device(rt, batch)
+            with rt.autocast():
+                loss = task.loss(net, batch)
+            n = len(batch[0])
+            batch_sum, batch_n = all_sum(rt, [float(loss.detach()) * n, float(n)])
+            if not math.isfinite(batch_sum):
+                raise TrainingError(
+                    f"{settings.desc}: the training loss is {batch_sum / batch_n} at epoch "
+                    f"{epoch}, step {step}: lower the learning rate (lr {recipe.lr})"
+                    + _precision_hint(rt.precision)
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if not scaler.is_enabled():  # fp16's scaler skips a step with inf/nan gradients
+                _check_gradients(model, settings.desc, epoch, step, rt.precision)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total, seen = total + batch_sum, seen + batch_n
+        t1 = time.perf_counter()
+        outputs = predict_all(model, task, val_loader, rt, n_val)
+        t2 = time.perf_counter()
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(seen, 1.0),
+            **task.score(outputs),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+        }
+        if not math.isfinite(row["val_loss"]):
+            raise TrainingError(
+                f"{settings.desc}: the validation loss is {row['val_loss']} at epoch {epoch}: "
+                f"lower the learning rate (lr {recipe.lr}) or use precision fp32"
+            )
+        history.append(row)
+        speed = {
+            "train_images_per_s": seen / max(t1 - t0, 1e-9),
+            "eval_images_per_s": n_val / max(t2 - t1, 1e-9),
+            "peak_memory_mb": peak_memory_mb(rt.device),
+        }
+        speeds.append(speed)
+        if on_epoch is not None and rt.is_main:
+            on_epoch(epoch, {**row, **speed})
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
+        if row["val_loss"] < best_loss:
+            best_loss, best_epoch = row["val_loss"], epoch
+            best_state, best_outputs = _cpu_state(model), outputs
+        elif epoch - best_epoch >= settings.patience:
+            log.info("%s: early stop at epoch %d (best %d)", settings.desc, epoch, best_epoch)
+            break
+    model.load_state_dict(best_state)
+    summary = {
+        "train_images_per_s": float(np.mean([s["train_images_per_s"] for s in speeds])),
+        "eval_images_per_s": float(np.mean([s["eval_images_per_s"] for s in speeds])),
+        "peak_memory_mb": max(s["peak_memory_mb"] for s in speeds),
+    }
+    return FitResult(
+        model, best_state, history, best_epoch, best_outputs, time.perf_counter() - start, summary
+    )
