@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: venv repro test lint bench ui mlflow-server retrain clean-venv
+.PHONY: venv repro test lint bench bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,20 @@ lint: $(DEV)
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_convert.py
+
+# Data loader vs training step, images/s, per backbone and precision (ARGS="--help").
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py $(ARGS)
+
+# One fold, one epoch per backbone and precision on the GPU; exit 1 on a non-finite loss
+# (ARGS="--device cpu" runs it on the CPU, ARGS="--help" for options).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
+
+# The GPU preset for the real dataset as one DVC experiment (presets/gpu-rsna.yaml; more
+# `dvc exp run` arguments in ARGS, e.g. ARGS="-S engine.nproc_per_node=4").
+exp-gpu: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m spinegrade.cli.preset presets/gpu-rsna.yaml -- $(ARGS)
 
 # The MLflow UI on the workspace's store; prints the link to the runs table (Ctrl-C stops it).
 ui: $(STAMP)

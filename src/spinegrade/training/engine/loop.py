@@ -157,6 +157,8 @@ def fit(
 
 def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> FitResult:
     start = time.perf_counter()
+    if rt.device.type == "cuda":  # peak memory of this job, not of the process so far
+        torch.cuda.reset_peak_memory_stats(rt.device)
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -141,7 +141,7 @@ def train_fold(
         drop_last=True,
         oom_hint=f"train-per-condition.training.batch_size or crop-rois.size_px (now {size} px)",
     )
-    task = GraderTask(make_loss(cfg), val_labels)
+    task = GraderTask(make_loss(cfg).to(rt.device), val_labels)  # class weights too
     res = fit(model, train_ds, val_ds, task, recipe, settings, rt, on_epoch)
     result = FoldResult(
         res.state, res.outputs["proba"], res.history, res.best_epoch, res.seconds, res.speed
