@@ -241,8 +241,12 @@ def test_engine_params_are_validated(tmp_path):
 
 
 def test_a_nan_loss_stops_the_fold_with_a_clear_error(monkeypatch):
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, y):
+            return logits.sum() * float("nan")
+
     def nan_loss(cfg):
-        return lambda logits, y: logits.sum() * float("nan")
+        return NanLoss()
 
     monkeypatch.setattr(grader_fit, "make_loss", nan_loss)
     with pytest.raises(TrainingError, match=r"training loss is nan at epoch 1, step 1: lower"):

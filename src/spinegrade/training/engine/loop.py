@@ -7,8 +7,9 @@ predict the whole validation set (sharded across processes and gathered), score 
 the epoch hook, keep the weights and validation outputs of the epoch with the lowest
 validation loss, and stop after ``patience`` epochs without a lower one.
 
-A non-finite training loss stops the job at once with an error naming the epoch and step;
-a CUDA out-of-memory error names the settings to lower.
+A non-finite training loss (or, under bf16 autocast, a non-finite gradient) stops the job
+at once with an error naming the epoch and step; a CUDA out-of-memory error names the
+settings to lower.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> Fit
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if not scaler.is_enabled():  # fp16's scaler skips a step with inf/nan gradients
+            if rt.precision == "bf16":  # fp16's scaler skips steps with inf/nan gradients;
+                # in fp32 a NaN gradient shows as a NaN loss one step later
                 _check_gradients(model, settings.desc, epoch, step, rt.precision)
             scaler.step(optimizer)
             scaler.update()
