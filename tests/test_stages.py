@@ -9,12 +9,14 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -110,6 +112,51 @@ def test_rsna_source_reads_a_download_in_place(tmp_path):
     assert [p.name for p in (tmp_path / "data" / "raw").iterdir()] == ["SOURCE.txt"]
     assert run_stage("convert_dicom.py", tmp_path).returncode == 0
     assert digest(download) == before  # read in place, untouched
+
+
+@pytest.mark.slow
+def test_localizer_stage_under_torchrun_writes_once_and_logs_one_run(tmp_path):
+    """train-localizer with engine.nproc_per_node 2 (gloo on the CPU): rank 0 alone writes
+    the localizer and logs its run; the validation fold is gathered from both processes."""
+    path = tiny_params(tmp_path)
+    params = yaml.safe_load(path.read_text())
+    loc = params["train-localizer"]
+    loc.update(batch_size=4, decoder_channels=8)
+    loc["inputs"]["sagittal_t2"].update(image_px=64, epochs=2)
+    params["engine"].update(nproc_per_node=2, threads=2)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    for script in ("synthesize.py", "ingest.py", "convert_dicom.py", "split_folds.py"):
+        assert run_stage(script, tmp_path).returncode == 0
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train_localizer.py"), "--series", "sagittal_t2"]
+        + ["--out", "localizers/sagittal_t2"],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "localizers" / "sagittal_t2"
+    assert {p.name for p in out.iterdir()} == {
+        "localizer.json",
+        "weights.safetensors",
+        "history.csv",
+        "errors.csv",
+        "metrics.json",
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    folds = pd.read_csv(tmp_path / "data" / "folds.csv")
+    errors = pd.read_csv(out / "errors.csv")
+    assert set(errors["study_id"]) <= set(folds.loc[folds["fold"] == 0, "study_id"])
+    assert metrics["val_samples"] == errors["study_id"].nunique()
+    runs = mlflow.MlflowClient(f"sqlite:///{db}").search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()],
+        filter_string="tags.`spinegrade.role` = 'localizer'",
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["engine.processes"] == "2"
 
 
 def test_bad_params_exit_with_one_clear_line(tmp_path):
