@@ -8,7 +8,8 @@ Logs the run as MLflow run localizer-{series} under the pipeline's parent run.
 Writes to --out: localizer.json (how to rebuild the model), weights.safetensors,
 history.csv, errors.csv (per validation point) and metrics.json.
 
-Device, precision and processes come from the engine params (as train-per-condition).
+Device, precision and processes come from the engine params (as train-per-condition),
+the precision from train-localizer.precision where that is set.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import mlflow
 import pandas as pd
 from safetensors.torch import save_file
 
-from spinegrade.core.config import Params, load_params
+from spinegrade.core.config import Params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
 from spinegrade.models.points import build_samples, point_spec
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.system import log_runtime, start_system_metrics
-from spinegrade.training.engine.distributed import launch
+from spinegrade.training.engine.distributed import launch_stage
 from spinegrade.training.localizers.fit import train_localizer
 
 
@@ -39,15 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-
-    def body() -> None:
-        params = load_params(args.params)
-        launch(
-            params.engine,
-            __file__,
-            sys.argv[1:] if argv is None else argv,
-            lambda rt: train(params, rt),
-        )
 
     def train(params: Params, rt: Runtime) -> None:
         cfg = params.train_localizer
@@ -78,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_params(
                 tracking.flatten(
                     cfg.model_dump(exclude={"inputs"})
-                    | {"input": inp.model_dump(), "engine": params.engine.model_dump()}
+                    | {"input": inp.model_dump(), "engine": params.localizer_engine().model_dump()}
                 )
             )
             log_runtime(rt)
@@ -98,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(tmp / "metrics.json", result.metrics)
             mlflow.log_artifacts(args.out, "localizer")
 
-    return run(body)
+    return run(
+        lambda: launch_stage(args.params, __file__, argv, train, engine=Params.localizer_engine)
+    )
 
 
 if __name__ == "__main__":

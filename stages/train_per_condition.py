@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import save_file
 
-from spinegrade.core.config import Params, load_params
+from spinegrade.core.config import Params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.hooks import MlflowFoldHooks
-from spinegrade.training.engine.distributed import launch
+from spinegrade.training.engine.distributed import launch_stage
 from spinegrade.training.graders.fit import FoldHooks, train_group_backbone
 
 
@@ -39,15 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-
-    def body() -> None:
-        params = load_params(args.params)
-        launch(
-            params.engine,
-            __file__,
-            sys.argv[1:] if argv is None else argv,
-            lambda rt: train(params, rt),
-        )
 
     def train(params: Params, rt: Runtime) -> None:
         cfg = params.train_per_condition
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 with atomic_path(tmp / f"fold{fold}.safetensors") as path:
                     save_file(state, str(path))
 
-    return run(body)
+    return run(lambda: launch_stage(args.params, __file__, argv, train))
 
 
 if __name__ == "__main__":

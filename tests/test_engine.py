@@ -35,7 +35,7 @@ from spinegrade.tracking.hooks import MlflowFoldHooks
 from spinegrade.training.engine.loader import SeededSampler, sample_seed
 from spinegrade.training.engine.loop import LoopSettings, fit
 from spinegrade.training.graders import fit as grader_fit
-from spinegrade.training.graders.fit import train_fold, train_group_backbone
+from spinegrade.training.graders.fit import Split, train_fold, train_group_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -57,7 +57,7 @@ def toy(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fold(rt: Runtime, epochs: int = 1, seed: int = 3, lr: float = 1e-3, **cfg):
-    train, val = toy(96, 0), toy(48, 1)
+    train, val = Split(*toy(96, 0)), Split(*toy(48, 1))
     settings = TrainingConfig(epochs=epochs, batch_size=16, patience=epochs, **cfg)
     return train_fold("resnet18", Recipe(lr=lr), settings, train, val, seed=seed, rt=rt)
 
@@ -214,6 +214,30 @@ def test_bf16_on_a_cpu_without_it_is_a_clear_error(monkeypatch):
         runtime.check(EngineConfig(device="cpu", precision="bf16"))
 
 
+def test_auto_precision_is_bf16_where_the_device_has_it_and_fp32_elsewhere(monkeypatch):
+    cfg = EngineConfig(device="cpu")  # precision auto, the default
+    assert cfg.precision == "auto"
+    monkeypatch.setattr(runtime, "_cpu_supports", lambda dtype: True)
+    assert make_runtime(cfg).precision == "bf16"
+    monkeypatch.setattr(runtime, "_cpu_supports", lambda dtype: False)
+    assert make_runtime(cfg).precision == "fp32"  # never an error, unlike precision: bf16
+    assert runtime.resolve_precision(CPU, "fp16") == "fp16"  # explicit settings stay
+
+
+def test_the_localizers_own_precision_overrides_the_engines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("engine:\n  precision: bf16\n  threads: 3\n")
+    params = load_params(path)
+    assert params.localizer_engine() == params.engine  # unset: the engine's
+    path.write_text(
+        "engine:\n  precision: bf16\n  threads: 3\ntrain-localizer:\n  precision: fp32\n"
+    )
+    params = load_params(path)
+    assert params.localizer_engine().precision == "fp32"
+    assert params.localizer_engine().threads == 3
+    assert params.engine.precision == "bf16"
+
+
 def test_more_processes_than_devices_is_a_clear_error(monkeypatch):
     cores = os.cpu_count()
     with pytest.raises(ConfigError, match=f"nproc_per_node is {cores + 1} but .* {cores} CPU"):
@@ -227,7 +251,7 @@ def test_more_processes_than_devices_is_a_clear_error(monkeypatch):
 def test_engine_params_are_validated(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("engine:\n  precision: fp8\n")
-    with pytest.raises(ConfigError, match=r"engine.precision: expected one of \['fp32'"):
+    with pytest.raises(ConfigError, match=r"engine.precision: expected one of \['auto', 'fp32'"):
         load_params(path)
     path.write_text("engine:\n  workers: many\n")
     with pytest.raises(ConfigError, match="engine.workers"):
@@ -346,7 +370,13 @@ def run_train_stage(ws: Path, name: str, **engine) -> tuple[subprocess.Completed
             "training": {"folds": [0, 1], "epochs": 1, "batch_size": 8, "log_model": False},
             "recipes": {"resnet18": {"lr": 0.001}},
         },
-        "engine": {"device": "cpu", "threads": 2, "system_metrics_s": 0.1, **engine},
+        "engine": {
+            "device": "cpu",
+            "precision": "fp32",
+            "threads": 2,
+            "system_metrics_s": 0.1,
+            **engine,
+        },
         "mlflow": {"experiment": "engine"},
     }
     (ws / f"{name}.yaml").write_text(yaml.safe_dump(params))

@@ -279,7 +279,7 @@ def train_ws(tmp_path_factory, tiny_crops) -> Path:
             },
             "recipes": {BACKBONE: {"lr": 0.001}},
         },
-        "engine": {"device": "cpu", "threads": 1},
+        "engine": {"device": "cpu", "precision": "fp32", "threads": 1},
         "mlflow": {"experiment": EXPERIMENT},
     }
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

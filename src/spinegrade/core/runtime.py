@@ -58,14 +58,30 @@ def _cpu_supports(dtype: torch.dtype) -> bool:
     return out.dtype == dtype
 
 
+def has_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` runs bf16 autocast natively: a CUDA GPU from Ampere on, or a CPU
+    with AVX-512 bf16 or AMX (oneDNN kernels)."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return _cpu_supports(torch.bfloat16)
+
+
+def resolve_precision(dev: torch.device, precision: str) -> str:
+    """``engine.precision`` on ``dev``: ``auto`` is bf16 where the device has it, else fp32;
+    any other setting is itself."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_bf16(dev) else "fp32"
+
+
 def check_precision(dev: torch.device, precision: str) -> None:
-    """ConfigError unless ``dev`` runs ``precision`` (fp32 always does)."""
-    if precision == "fp32":
+    """ConfigError unless ``dev`` runs ``precision`` (fp32 and auto always do)."""
+    if precision in ("fp32", "auto"):
         return
     if precision not in AMP_DTYPES:
-        raise ConfigError(f"engine.precision must be fp32, bf16 or fp16, got {precision!r}")
+        raise ConfigError(f"engine.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     if dev.type == "cuda":
-        if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        if precision == "bf16" and not has_bf16(dev):
             name = torch.cuda.get_device_name(dev)
             raise ConfigError(
                 f"engine.precision bf16: {name} has no bf16 support (needs compute "
@@ -78,7 +94,7 @@ def check_precision(dev: torch.device, precision: str) -> None:
             "engine.precision fp16 is for CUDA GPUs: on the CPU it has no fast kernels; "
             "use bf16 (if the CPU has it) or fp32"
         )
-    if not _cpu_supports(AMP_DTYPES[precision]):
+    if not has_bf16(dev):
         raise ConfigError(
             f"engine.precision {precision}: this CPU ({cpu_name()}) has no AVX-512 bf16 or "
             "AMX for autocast: use fp32, or a GPU"
@@ -180,7 +196,7 @@ def make_runtime(cfg: EngineConfig, rank: int = 0, world: int = 1, local_rank: i
         workers = cfg.workers
     return Runtime(
         device=dev,
-        precision=cfg.precision,
+        precision=resolve_precision(dev, cfg.precision),
         rank=rank,
         world=world,
         workers=workers,

@@ -1,6 +1,7 @@
 """Several GPUs through torchrun and DistributedDataParallel, from an unchanged stage command.
 
-A training stage calls :func:`relaunch` first: with ``engine.nproc_per_node`` N > 1 and not
+A training stage hands its body to :func:`launch_stage` (or :func:`launch`), which calls
+:func:`relaunch` first: with ``engine.nproc_per_node`` N > 1 and not
 yet under torchrun, it runs ``python -m torch.distributed.run --standalone
 --nproc_per_node N <the same script and arguments>`` and returns its exit code; under
 torchrun (or with N = 1) it returns None and the stage goes on. :func:`process_group` then
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from spinegrade.core.config import EngineConfig
+from spinegrade.core.config import EngineConfig, Params, load_params
 from spinegrade.core.errors import TrainingError
 from spinegrade.core.runtime import Runtime, check, make_runtime, set_threads
 
@@ -41,11 +42,12 @@ def relaunch(cfg: EngineConfig, script: str, argv: list[str]) -> int | None:
     """Run ``script argv`` under torchrun with ``cfg.nproc_per_node`` processes and return
     its exit code; None when there is nothing to do (one process, or already a worker).
 
-    The settings are checked here first, so a bad one fails before any process starts.
+    Before starting processes the settings are checked here, so a bad one fails before any
+    process starts (a single process checks them in :func:`make_runtime`).
     """
-    check(cfg)
     if cfg.nproc_per_node <= 1 or under_torchrun():
         return None
+    check(cfg)
     cmd = [
         sys.executable,
         "-m",
@@ -102,6 +104,21 @@ def launch(
             f"{cfg.nproc_per_node} training processes under torchrun failed (exit code "
             f"{code}); the first error is printed above"
         )
+
+
+def launch_stage(
+    params_path: str,
+    script: str,
+    argv: list[str] | None,
+    train: Callable[[Params, Runtime], None],
+    engine: Callable[[Params], EngineConfig] = lambda params: params.engine,
+) -> None:
+    """A training stage's entry: load ``params_path`` and run ``train(params, runtime)``
+    through :func:`launch`, on the engine settings ``engine`` picks from the params
+    (``argv`` None: this process's own arguments, for torchrun to start ``script`` with)."""
+    params = load_params(params_path)
+    argv = sys.argv[1:] if argv is None else argv
+    launch(engine(params), script, argv, lambda rt: train(params, rt))
 
 
 def all_sum(rt: Runtime, values: list[float]) -> list[float]:
