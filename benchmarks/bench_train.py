@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_args import add_engine_args, checked, default_precisions
 
 from spinegrade.core.config import EngineConfig, TrainConfig, load_params
 from spinegrade.core.errors import ConfigError
@@ -99,19 +100,9 @@ def parse_args() -> argparse.Namespace:
         description=__doc__.split("\n")[0],
         epilog="The module docstring (benchmarks/bench_train.py) describes what is measured.",
     )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="engine.device: auto is CUDA when visible, else CPU (default: auto)",
-    )
+    add_engine_args(p, "auto", "auto is CUDA when visible, else CPU")
     p.add_argument(
         "--sizes", default="48,224", help="comma-separated crop sides in px (default: 48,224)"
-    )
-    p.add_argument(
-        "--backbones",
-        default=None,
-        help="comma-separated timm names (default: train-per-condition.backbones of params.yaml)",
     )
     p.add_argument(
         "--batch-size", type=int, default=32, help="batch size at sizes up to 64 px (default: 32)"
@@ -121,12 +112,6 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=32,
         help="batch size at sizes above 64 px (default: 32; lower it if a GPU runs out of memory)",
-    )
-    p.add_argument(
-        "--precisions",
-        default=None,
-        help="comma-separated fp32, bf16, fp16 (default: fp32,bf16 on CPU, fp32,bf16,fp16 on "
-        "CUDA); a precision the device lacks prints n/a",
     )
     p.add_argument(
         "--steps",
@@ -154,9 +139,6 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated loader worker counts; the engine's default is added (default: 0,1,2)",
     )
     p.add_argument(
-        "--threads", type=int, default=2, help="torch CPU threads (engine.threads; default: 2)"
-    )
-    p.add_argument(
         "--deterministic",
         action=argparse.BooleanOptionalAction,
         default=EngineConfig().deterministic,
@@ -165,7 +147,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="a fast run: few steps and batches")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and weights (default: 0)")
-    args = p.parse_args()
+    args = checked(p, p.parse_args())
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -175,11 +157,6 @@ def parse_args() -> argparse.Namespace:
         p.error("--sizes: crop sides of at least 32 px")
     if any(w < 0 for w in args.workers):
         p.error("--workers: counts must be >= 0")
-    if args.precisions is not None:
-        args.precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
-        bad = [s for s in args.precisions if s not in ("fp32", "bf16", "fp16")]
-        if bad or not args.precisions:
-            p.error(f"--precisions: fp32, bf16 or fp16, got {bad or 'nothing'}")
     return args
 
 
@@ -343,11 +320,7 @@ def main() -> None:
     set_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*deterministic.*")  # warn_only kernels
     cfg, crop_size = train_config()
-    backbones = (
-        [b.strip() for b in args.backbones.split(",") if b.strip()]
-        if args.backbones
-        else list(cfg.backbones)
-    )
+    backbones = args.backbones or list(cfg.backbones)
     try:
         base = make_runtime(
             EngineConfig(device=args.device, threads=args.threads, deterministic=args.deterministic)
@@ -357,7 +330,7 @@ def main() -> None:
     cuda = base.device.type == "cuda"
     default_workers = base.workers
     workers = sorted({*args.workers, default_workers})
-    precisions = args.precisions or (["fp32", "bf16", "fp16"] if cuda else ["fp32", "bf16"])
+    precisions = args.precisions or default_precisions(cuda)
     unsupported: dict[str, str] = {}
     for p in precisions:
         try:

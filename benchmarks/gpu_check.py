@@ -34,16 +34,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from bench_args import add_engine_args, checked, default_precisions
 
 from spinegrade.core.config import EngineConfig, Recipe, TrainConfig, load_params
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.runtime import check, check_precision, describe, make_runtime, set_threads
 from spinegrade.core.vocab import GROUPS
-from spinegrade.training.graders.fit import train_fold
+from spinegrade.training.graders.fit import Split, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 log = logging.getLogger("spinegrade.gpu_check")
 
@@ -52,23 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="cuda",
-        help="engine.device (default: cuda; cpu runs the check here)",
-    )
-    p.add_argument(
-        "--precisions",
-        default=",".join(PRECISIONS),
-        help="comma-separated fp32, bf16, fp16 (default: all three; one the device lacks is "
-        "skipped)",
-    )
-    p.add_argument(
-        "--backbones",
-        default=None,
-        help="comma-separated timm names (default: train-per-condition.backbones of params.yaml)",
-    )
+    add_engine_args(p, "cuda", "cpu runs the check here")
     p.add_argument(
         "--crops",
         type=Path,
@@ -86,9 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="side of the random crops in px (default: crop-rois.size_px of params.yaml)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    p.add_argument(
-        "--threads", type=int, default=2, help="torch CPU threads (engine.threads; default: 2)"
-    )
     p.add_argument("--seed", type=int, default=0, help="seed of data and training (default: 0)")
     p.add_argument(
         "--params",
@@ -96,11 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ROOT / "params.yaml",
         help="params file (default: %(default)s)",
     )
-    args = p.parse_args(argv)
-    args.precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
-    bad = [s for s in args.precisions if s not in PRECISIONS]
-    if bad or not args.precisions:
-        p.error(f"--precisions: fp32, bf16 or fp16, got {bad or 'nothing'}")
+    args = checked(p, p.parse_args(argv))
     if args.n < 10 or args.batch_size < 2:
         p.error("--n must be >= 10 and --batch-size >= 2")
     return args
@@ -150,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, crop_size = params.train_per_condition, params.crop_rois.size_px
         else:
             cfg, crop_size = TrainConfig(), 48
-        backbones = (
-            [b.strip() for b in args.backbones.split(",") if b.strip()]
-            if args.backbones
-            else list(cfg.backbones)
-        )
+        backbones = args.backbones or list(cfg.backbones)
         crops, labels, source = load_crops(args, args.size or crop_size)
         size = crops.shape[-1]
         order = np.random.default_rng(args.seed).permutation(len(crops))
@@ -166,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, errors = [], []
         for backbone in backbones:
             recipe = model_kwargs(cfg.recipes.get(backbone, Recipe()), size, crop_size)
-            for precision in args.precisions:
+            for precision in args.precisions or default_precisions(dev.type == "cuda"):
                 try:
                     check_precision(dev, precision)
                 except ConfigError as exc:
@@ -184,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                         backbone,
                         recipe,
                         training,
-                        (crops, (train_rows, labels[train_rows])),
-                        (crops, (val_rows, labels[val_rows])),
+                        Split(crops, labels[train_rows], train_rows),
+                        Split(crops, labels[val_rows], val_rows),
                         seed=args.seed,
                         desc=f"{backbone}-{precision}",
                         rt=rt,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from spinegrade.core.config import Recipe, TrainConfig, TrainingConfig
 from spinegrade.scoring.metrics import rsna_score
 from spinegrade.training.engine.schedules import make_scheduler
-from spinegrade.training.graders.fit import oversample, train_fold, train_group_backbone
+from spinegrade.training.graders.fit import Split, oversample, train_fold, train_group_backbone
 from spinegrade.training.graders.losses import FocalLoss, make_loss, metric_loss
 
 
@@ -105,7 +105,7 @@ def _toy_crops(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_train_fold_is_deterministic_and_returns_the_best_epoch():
-    train, val = _toy_crops(96, 0), _toy_crops(48, 1)
+    train, val = Split(*_toy_crops(96, 0)), Split(*_toy_crops(48, 1))
     cfg = TrainingConfig(epochs=2, batch_size=16, patience=2, augment=True)
     runs = [train_fold("resnet18", Recipe(lr=1e-3), cfg, train, val, seed=3) for _ in range(2)]
     (_, a), (_, b) = runs

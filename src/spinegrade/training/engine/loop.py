@@ -7,9 +7,10 @@ predict the whole validation set (sharded across processes and gathered), score 
 the epoch hook, keep the weights and validation outputs of the epoch with the lowest
 validation loss, and stop after ``patience`` epochs without a lower one.
 
-A non-finite training loss (or, under bf16 autocast, a non-finite gradient) stops the job
-at once with an error naming the epoch and step; a CUDA out-of-memory error names the
-settings to lower.
+A non-finite training loss stops the job with an error naming the epoch and step (losses
+are read on the host every ``SYNC_EVERY`` steps, not after each); under CPU bf16 autocast a
+non-finite gradient stops it at that step, naming the parameter; a CUDA out-of-memory error
+names the settings to lower.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from spinegrade.training.engine.schedules import make_scheduler
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, ...]
+
+# Training steps between host syncs (the loss check and its sum; an all-reduce under DDP):
+# reading a loss on the host stalls a GPU's queue, so it is done once per this many steps.
+SYNC_EVERY = 20
 
 
 class Task(Protocol):
@@ -102,6 +107,32 @@ def _check_gradients(model: nn.Module, desc: str, epoch: int, step: int, precisi
         f"{desc}: the gradient of {name} is not finite at epoch {epoch}, step {step} "
         f"(the loss was finite): lower the learning rate{_precision_hint(precision)}"
     )
+
+
+def _check_losses(
+    pending: list[tuple[torch.Tensor, int]],
+    step: int,
+    epoch: int,
+    settings: LoopSettings,
+    recipe: Recipe,
+    rt: Runtime,
+) -> tuple[float, float]:
+    """The summed loss x batch size and the number of samples of the steps up to ``step``
+    (over every process): one host sync for several steps. TrainingError naming the first
+    step whose loss is not finite on any process."""
+    k = len(pending)
+    sums = all_sum(
+        rt, torch.stack([p[0] for p in pending]).tolist() + [float(p[1]) for p in pending]
+    )
+    losses, ns = sums[:k], sums[k:]
+    for i, (loss_sum, n) in enumerate(zip(losses, ns, strict=True)):
+        if not math.isfinite(loss_sum):
+            raise TrainingError(
+                f"{settings.desc}: the training loss is {loss_sum / n} at epoch {epoch}, "
+                f"step {step - k + 1 + i}: lower the learning rate (lr {recipe.lr})"
+                + _precision_hint(rt.precision)
+            )
+    return math.fsum(losses), math.fsum(ns)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -195,27 +226,26 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> Fit
         net.train()
         t0 = time.perf_counter()
         total, seen = 0.0, 0.0
+        pending: list[tuple[torch.Tensor, int]] = []  # (loss x n, n) of unchecked steps
+        last_step = len(train_loader)
         for step, batch in enumerate(train_loader, 1):
             batch = _on_device(rt, batch)
             with rt.autocast():
                 loss = task.loss(net, batch)
-            n = len(batch[0])
-            batch_sum, batch_n = all_sum(rt, [float(loss.detach()) * n, float(n)])
-            if not math.isfinite(batch_sum):
-                raise TrainingError(
-                    f"{settings.desc}: the training loss is {batch_sum / batch_n} at epoch "
-                    f"{epoch}, step {step}: lower the learning rate (lr {recipe.lr})"
-                    + _precision_hint(rt.precision)
-                )
+            pending.append((loss.detach().float() * len(batch[0]), len(batch[0])))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if rt.precision == "bf16":  # fp16's scaler skips steps with inf/nan gradients;
-                # in fp32 a NaN gradient shows as a NaN loss one step later
+            if rt.precision == "bf16" and rt.device.type == "cpu":
+                # oneDNN's CPU bf16 convolution backward can return NaN gradients under a
+                # finite loss (fp16's scaler skips such steps; elsewhere a NaN gradient
+                # shows as a NaN loss one step later)
                 _check_gradients(model, settings.desc, epoch, step, rt.precision)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total, seen = total + batch_sum, seen + batch_n
+            if len(pending) == SYNC_EVERY or step == last_step:
+                batch_sum, batch_n = _check_losses(pending, step, epoch, settings, recipe, rt)
+                total, seen, pending = total + batch_sum, seen + batch_n, []
         t1 = time.perf_counter()
         outputs = predict_all(model, task, val_loader, rt, n_val)
         t2 = time.perf_counter()

@@ -74,6 +74,20 @@ class GraderTask:
         }
 
 
+@dataclass(frozen=True)
+class Split:
+    """One side of a fold: ``labels[i]`` grades crop ``crops[rows[i]]``. ``crops`` is an
+    (N, k, S, S) uint8 array, memory-mapped or not (the whole group's, read row by row);
+    ``rows`` None means every crop in order."""
+
+    crops: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray | None = None
+
+    def indices(self) -> np.ndarray:
+        return np.arange(len(self.crops)) if self.rows is None else np.asarray(self.rows)
+
+
 @dataclass
 class FoldResult:
     """What training one fold produced."""
@@ -90,8 +104,8 @@ def train_fold(
     backbone: str,
     recipe: Recipe,
     cfg: TrainingConfig,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Split,
+    val: Split,
     seed: int,
     on_epoch: Callable[[int, dict], None] | None = None,
     desc: str = "train",
@@ -103,9 +117,7 @@ def train_fold(
         backbone: timm name.
         recipe: the backbone's optimizer, schedule and model arguments.
         cfg: shared settings (epochs, patience, loss, oversampling, ...).
-        train, val: (crops, labels): crops an (N, k, S, S) uint8 array (memory-mapped or
-            not) and labels (N,) int; or crops the whole group's array and labels a pair
-            (rows into it, labels of those rows), which reads the rows lazily.
+        train, val: the crops and labels to train on and to validate on.
         seed: seed for weights, batches and augmentation (seed + fold by convention).
         on_epoch: called with (epoch, metrics) after each epoch (e.g. to log to MLflow).
         rt: device, precision and processes (default: one process on the CPU, fp32).
@@ -115,11 +127,9 @@ def train_fold(
     """
     rt = rt or Runtime(device("cpu"))
     seed_everything(seed, rt.deterministic)
-    (train_crops, train_rows, train_labels), (val_crops, val_rows, val_labels) = (
-        _rows(*train),
-        _rows(*val),
-    )
-    k, size = train_crops.shape[1], train_crops.shape[2]
+    train_labels, train_rows = np.asarray(train.labels), train.indices()
+    val_labels = np.asarray(val.labels)
+    k, size = train.crops.shape[1], train.crops.shape[2]
     model = create_backbone(
         backbone, k, size, recipe.model_kwargs, cfg.pretrained, recipe.weights or None
     )
@@ -130,8 +140,8 @@ def train_fold(
         else np.arange(len(train_labels))
     )
     augment = build_augmentation(seed) if cfg.augment else None
-    train_ds = CropDataset(train_crops, train_labels[idx], mean, std, augment, rows=train_rows[idx])
-    val_ds = CropDataset(val_crops, val_labels, mean, std, rows=val_rows)
+    train_ds = CropDataset(train.crops, train_labels[idx], mean, std, augment, rows=train_rows[idx])
+    val_ds = CropDataset(val.crops, val_labels, mean, std, rows=val.indices())
     settings = LoopSettings(
         epochs=cfg.epochs,
         patience=cfg.patience,
@@ -147,14 +157,6 @@ def train_fold(
         res.state, res.outputs["proba"], res.history, res.best_epoch, res.seconds, res.speed
     )
     return res.model, result
-
-
-def _rows(crops: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(crops, rows, labels) from train_fold's (crops, labels) or (crops, (rows, labels))."""
-    if isinstance(labels, tuple):
-        rows, labels = labels
-        return crops, np.asarray(rows), np.asarray(labels)
-    return crops, np.arange(len(crops)), np.asarray(labels)
 
 
 @dataclass
@@ -227,8 +229,8 @@ def train_group_backbone(
                 backbone,
                 recipe,
                 cfg.training,
-                (crops, (np.flatnonzero(~val), labels[~val])),
-                (crops, (np.flatnonzero(val), labels[val])),
+                Split(crops, labels[~val], np.flatnonzero(~val)),
+                Split(crops, labels[val], np.flatnonzero(val)),
                 seed=cfg.training.seed + fold,
                 on_epoch=lambda e, row, f=fold: hooks.epoch(f, e, row),
                 desc=f"{group}-{backbone}-fold{fold}",
