@@ -187,7 +187,7 @@ def test_setup_does_not_pin_the_store_for_other_workspaces(tmp_path, no_tracking
 
 def test_flatten():
     nested = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x", "f": {}}
-    assert tracking.flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+    assert tracking.flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "e": "x", "f": {}}
     assert tracking.flatten({"k": 1}, prefix="p.") == {"p.k": 1}
     assert tracking.flatten({}) == {}
 
@@ -344,3 +344,32 @@ def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
     assert artifact.read_text() == "hello"
     stray = [p for p in ws.rglob("mlflow.db") if p != ws / "mlruns" / "mlflow.db"]
     assert not stray, f"stores outside the workspace's mlruns/: {stray}"
+
+
+# --- logged models -----------------------------------------------------------------------
+
+
+def test_a_logged_grader_model_loads_back_and_predicts_the_same(tmp_path, no_tracking_env):
+    """log_torch_model skips MLflow's own load-and-predict check of the input example; this
+    is that check: the pt2 artifact loads (as torch and as pyfunc) and gives the model's
+    outputs."""
+    import numpy as np
+    import torch
+
+    from spinegrade.models.backbones import create_backbone
+    from spinegrade.tracking.hooks import log_torch_model
+
+    experiment = tracking.setup("models", tmp_path)
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", 3, 32, {}).eval()
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log_torch_model(model, (2, 3, 32, 32))
+    uri = f"runs:/{run.info.run_id}/model"
+    loaded = mlflow.pytorch.load_model(uri)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(torch.from_numpy(x)).numpy(), expected, atol=1e-5)
+    served = mlflow.pyfunc.load_model(uri).predict(x)
+    np.testing.assert_allclose(np.asarray(served), expected, atol=1e-5)

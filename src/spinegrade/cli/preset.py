@@ -20,22 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config import flatten, load_params
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
-
-
-def leaves(tree: Mapping, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: one dotted key per value (lists and empty mappings
-    are values)."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(leaves(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def _merge(base: dict, override: Mapping) -> dict:
@@ -61,9 +48,9 @@ def overrides(preset_path: Path, params_path: Path) -> dict[str, object]:
     base = yaml.safe_load(params_path.read_text()) or {}
     if not isinstance(preset, Mapping):
         raise ConfigError(f"{preset_path}: expected a mapping of params sections")
-    known = leaves(base)
+    known = flatten(base)
     out = {}
-    for key, value in leaves(preset).items():
+    for key, value in flatten(preset).items():
         if key in known or any(k.startswith(key + ".") for k in known):
             out[key] = value
             continue

@@ -12,9 +12,9 @@ import timm
 import torch
 from torch import nn
 
+from spinegrade.core.config import flatten
 from spinegrade.core.runtime import Runtime
 from spinegrade.tracking.plots import confusion_figure
-from spinegrade.tracking.store import flatten
 from spinegrade.tracking.system import end_failed, log_runtime, start_system_metrics
 from spinegrade.training.graders.fit import FoldHooks
 
@@ -98,6 +98,9 @@ def log_torch_model(model: nn.Module, example_shape: tuple[int, ...]) -> None:
             input_example=example,
             serialization_format="pt2",
             pip_requirements=requirements,
+            # MLflow would load the exported model back and run the example through it:
+            # about 2 s a model, and tests/test_tracking loads a logged model instead
+            validate_serving_input=False,
         )
     except Exception as exc:  # torch.export does not cover every architecture
         log.warning("pt2 export failed (%s); logging the model with pickle", exc)

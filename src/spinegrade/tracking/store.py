@@ -28,6 +28,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from spinegrade.core.config import flatten
 from spinegrade.core.errors import ConfigError
 from spinegrade.tracking.system import tag_error
 
@@ -114,7 +115,8 @@ def check_server(uri: str, timeout: tuple[float, float] = SERVER_CHECK_TIMEOUT_S
         raise TrackingServerError(f"{name} answered HTTP {resp.status_code}: {body}")
 
 
-def _local_store_dir(uri: str) -> Path | None:
+def local_store_dir(uri: str) -> Path | None:
+    """The directory of a local SQLite store (None for any other store)."""
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///") :]).parent
     return None
@@ -123,7 +125,7 @@ def _local_store_dir(uri: str) -> Path | None:
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """An exclusive lock next to a local SQLite store (no-op for remote stores)."""
-    store = _local_store_dir(uri)
+    store = local_store_dir(uri)
     if store is None:
         yield
         return
@@ -154,7 +156,7 @@ def setup(experiment: str, root: str | Path | None = None) -> str:
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
             return exp.experiment_id
-        store = _local_store_dir(uri)
+        store = local_store_dir(uri)
         location = (store / "artifacts").as_uri() if store else None
         try:
             return client.create_experiment(experiment, artifact_location=location)
@@ -242,18 +244,6 @@ def content_hash(path: Path) -> str:
 def pipeline_key(*parts: str) -> str:
     """A short stable id for one pipeline run from its commit, data hashes and params."""
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}, for MLflow params."""
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def pipeline_run(
