@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             args.localizers,
             args.selection,
             args.labels,
-            params.train_per_condition,
-            params.crop_rois,
-            params.engine.device,
+            params,
         )
         answers = root / TEST_LABELS_CSV
         coordinates = root / TEST_COORDINATES_CSV

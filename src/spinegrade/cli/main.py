@@ -116,9 +116,7 @@ def predict_command(args: argparse.Namespace) -> None:
         args.localizers,
         args.selection,
         args.labels,
-        params.train_per_condition,
-        params.crop_rois,
-        params.engine.device,
+        params,
     )
     result = predict_studies(
         args.images, series, bundle, on_error=args.on_error, explain_dir=args.explain

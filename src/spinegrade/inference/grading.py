@@ -35,13 +35,14 @@ class Grader:
     models: list[nn.Module]
     mean: float | None
     std: float | None
+    precision: str = "fp32"  # engine.precision: autocast of the models
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """(N, k, S, S) uint8 crops -> (N, 3) probabilities."""
         if not len(crops):
             return np.zeros((0, 3))
         ds = CropDataset(crops, np.zeros(len(crops), dtype=np.int64), self.mean, self.std)
-        return np.mean([predict_proba(m, ds, 64) for m in self.models], axis=0)
+        return np.mean([predict_proba(m, ds, 64, self.precision) for m in self.models], axis=0)
 
 
 def select_backbones(comparison: dict, groups: list[str]) -> dict[str, str]:
@@ -66,9 +67,10 @@ def load_graders(
     train: TrainConfig,
     crop: CropConfig,
     dev: torch.device | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Grader]:
     """Rebuild each selected backbone from ``{models}/{group}/{backbone}/fold*.safetensors``
-    on ``dev`` (default: the CPU)."""
+    on ``dev`` (default: the CPU), to run under ``precision``'s autocast."""
     dev = dev or device("cpu")
     graders = {}
     for group, backbone in selection.items():
@@ -86,7 +88,7 @@ def load_graders(
         mean, std = (None, None)
         if train.training.normalize == "model":
             mean, std = input_normalization(models[0])
-        graders[group] = Grader(group, backbone, models, mean, std)
+        graders[group] = Grader(group, backbone, models, mean, std, precision)
         log.info("%s: grading with %s (%d fold model(s))", group, backbone, len(models))
     return graders
 

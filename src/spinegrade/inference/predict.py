@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from spinegrade.core import runtime, vocab
-from spinegrade.core.config import CropConfig, TrainConfig
+from spinegrade.core.config import CropConfig, Params
 from spinegrade.inference.explain import write_explanations
 from spinegrade.inference.grading import Grader, grade_points, load_graders, select_backbones
 from spinegrade.inference.localize import (
@@ -52,9 +52,7 @@ def load_bundle(
     localizers_dir: str | Path,
     comparison_path: str | Path,
     labels_path: str | Path,
-    train: TrainConfig,
-    crop: CropConfig,
-    device: str = "cpu",
+    params: Params,
 ) -> Bundle:
     """Graders chosen by compare-backbones, the three localizers, and the class prior.
 
@@ -63,18 +61,20 @@ def load_bundle(
         localizers_dir: train-localizer outputs ({series type}/).
         comparison_path: compare-backbones.json.
         labels_path: ingest's labels.csv (training labels: the class prior).
-        train: train-per-condition params the graders were trained with (recipes).
-        crop: crop-rois params their crops were cut with.
-        device: engine.device to run the models on (auto, cpu or cuda).
+        params: the recipes the graders were trained with (train-per-condition), the crop
+            geometry (crop-rois), and the device and precision to run them in (engine).
     """
-    dev = runtime.device(device)
+    train, crop = params.train_per_condition, params.crop_rois
+    dev = runtime.device(params.engine.device)
+    runtime.check_precision(dev, params.engine.precision)
+    precision = runtime.resolve_precision(dev, params.engine.precision)
     comparison_path = Path(comparison_path)
     if not comparison_path.is_file():
         raise FileNotFoundError(
             f"{comparison_path}: no compare-backbones report (run `dvc repro` first)"
         )
     selection = select_backbones(json.loads(comparison_path.read_text()), list(vocab.GROUPS))
-    graders = load_graders(models_dir, selection, train, crop, dev)
+    graders = load_graders(models_dir, selection, train, crop, dev, precision)
     localizers = {
         slug: Localizer.load(Path(localizers_dir) / slug, dev) for slug in vocab.SERIES_FROM_SLUG
     }

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from spinegrade.core.errors import ConfigError
+from spinegrade.core.runtime import Runtime
 from spinegrade.models.inputs import CropDataset
 
 log = logging.getLogger(__name__)
@@ -147,14 +148,17 @@ def count_flops(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, dataset: CropDataset, batch_size: int) -> np.ndarray:
-    """Softmax probabilities (N, 3) float64 of ``dataset`` in order."""
-    dev = next(model.parameters()).device
+def predict_proba(
+    model: nn.Module, dataset: CropDataset, batch_size: int, precision: str = "fp32"
+) -> np.ndarray:
+    """Softmax probabilities (N, 3) float64 of ``dataset`` in order, the model run under
+    ``precision``'s autocast on its device (checked by the caller: runtime.check_precision)."""
+    rt = Runtime(next(model.parameters()).device, precision)
     model.eval()
     out = []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for x, _ in loader:
-        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-            logits = model(x.to(dev, non_blocking=True))
+        with rt.autocast():
+            logits = model(x.to(rt.device, non_blocking=True))
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).double().numpy() if out else np.zeros((0, 3))
