@@ -38,6 +38,7 @@ from spinegrade.cli.process_group import (
     port_in_use,
     serve,
 )
+from spinegrade.core.io import atomic_path
 from spinegrade.tracking import store as tracking
 
 DEFAULT_PORT = 5000
@@ -143,7 +144,7 @@ def artifacts_destination(dest: str) -> str:
 def auth_database_uri(backend_uri: str) -> str:
     """Where basic-auth keeps its users by default: basic_auth.db beside a SQLite store; in
     the store's own database otherwise (its own tables, version table alembic_version_auth)."""
-    store = tracking._local_store_dir(backend_uri)
+    store = tracking.local_store_dir(backend_uri)
     return f"sqlite:///{store / 'basic_auth.db'}" if store else backend_uri
 
 
@@ -152,7 +153,6 @@ def write_auth_config(
 ) -> Path:
     """MLflow's basic-auth ini (MLFLOW_AUTH_CONFIG_PATH); no password in it, mode 0600 since
     the database URI may hold one. configparser interpolates %, so it is doubled."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = (
         "# written by spinegrade.cli.server; the admin password is passed in the environment\n"
         "[mlflow]\n"
@@ -161,11 +161,8 @@ def write_auth_config(
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path, mode=0o600) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 
@@ -190,7 +187,7 @@ def auth_environment(args: argparse.Namespace, backend_uri: str) -> dict[str, st
         database = args.auth_database_uri or auth_database_uri(backend_uri)
         if database != backend_uri:
             check_backend(database)
-        home = tracking._local_store_dir(backend_uri) or server_dir()
+        home = tracking.local_store_dir(backend_uri) or server_dir()
         path = write_auth_config(home / "basic_auth.ini", database, user, args.default_permission)
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(path)
     if user:

@@ -34,10 +34,12 @@ _STALE_SUFFIXES = ("tmp", "partial", "old")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. The file
+    gets permission bits ``mode`` (e.g. 0o600 for a secret; it is 0600 while written), by
+    default those of a new file under the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +48,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)  # mkstemp: 0600
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
