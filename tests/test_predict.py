@@ -127,6 +127,25 @@ def test_explain_writes_one_png_per_graded_row(predicted):
     assert ids <= set(result.submission["row_id"])
 
 
+def test_explanation_image_puts_the_cam_beside_the_untouched_slice():
+    from spinegrade.inference.explain import SCALE, TITLE_PX, explanation_image
+
+    slice_ = np.full((16, 16), 100, dtype=np.uint8)
+    cam = np.zeros((16, 16))
+    cam[4, 12] = 1.0  # one hot spot, top right
+    picture = np.asarray(explanation_image(slice_, cam, "row: Severe p=0.90"))
+    side = 16 * SCALE
+    assert picture.shape[0] == side + TITLE_PX and picture.shape[1] > 2 * side
+    left = picture[TITLE_PX:, :side]
+    right = picture[TITLE_PX:, -side:]
+    assert (left == 100).all()  # the slice as it is, in gray
+    hot = right[4 * SCALE + SCALE // 2, 12 * SCALE + SCALE // 2]
+    cold = right[12 * SCALE, 2 * SCALE]
+    assert hot[0] > cold[0] + 40  # jet: red at the peak, blue where the CAM is 0
+    assert cold[2] > cold[0]
+    assert (picture[:TITLE_PX] < 255).any()  # the title is drawn
+
+
 def test_study_missing_a_series_type_gets_the_prior_and_a_warning(tiny_dataset, bundle, tmp_path):
     series = read_series_table(tiny_dataset / "test_series_descriptions.csv")
     study = int(series["study_id"].iloc[0])

@@ -7,11 +7,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import colormaps
+from PIL import Image, ImageDraw
 from torch import nn
 
 from spinegrade.core import vocab
+from spinegrade.core.io import atomic_path
 from spinegrade.inference.grading import Grader
 from spinegrade.models.inputs import CropDataset
+
+SCALE = 5  # PNG pixels per crop pixel
+CAM_ALPHA = 0.4  # weight of the Grad-CAM colours over the slice
+GAP_PX = 6
+TITLE_PX = 16
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
@@ -40,6 +48,21 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     return cam / cam.max() if cam.max() > 0 else cam
 
 
+def explanation_image(image: np.ndarray, cam: np.ndarray, title: str) -> Image.Image:
+    """The crop's slice (uint8, S x S) beside it with ``cam`` (S x S in [0, 1]) overlaid in
+    the jet colour map, each enlarged ``SCALE`` times, under a one-line ``title``."""
+    side = image.shape[0] * SCALE
+    gray = Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST).convert("RGB")
+    heat = (colormaps["jet"](cam)[..., :3] * 255).astype(np.uint8)
+    heat = Image.fromarray(heat).resize((side, side), Image.Resampling.BILINEAR)
+    overlay = Image.blend(gray, heat, CAM_ALPHA)
+    canvas = Image.new("RGB", (2 * side + GAP_PX, side + TITLE_PX), "white")
+    canvas.paste(gray, (0, TITLE_PX))
+    canvas.paste(overlay, (side + GAP_PX, TITLE_PX))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill="black")
+    return canvas
+
+
 def write_explanations(
     out_dir: str | Path,
     graded: pd.DataFrame,
@@ -47,14 +70,11 @@ def write_explanations(
     points: pd.DataFrame,
     graders: dict[str, Grader],
 ) -> list[Path]:
-    """One PNG per graded row: the crop's centre slice with its Grad-CAM overlay."""
-    import matplotlib
+    """One PNG per graded row: the crop's centre slice, and the same with its Grad-CAM.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spinegrade.core.io import atomic_path
-
+    Drawn with Pillow, not a matplotlib figure per row: 500 figures took a minute of the
+    predict stage.
+    """
     written = []
     points = points.reset_index(drop=True)
     for i, row in graded.iterrows():
@@ -67,24 +87,12 @@ def write_explanations(
         proba = row[list(vocab.SEVERITY_COLUMNS)].to_numpy(dtype=float)
         target = int(np.argmax(proba))
         cam = grad_cam(grader.models[0], x, target)
-        image = crops[i, crops.shape[1] // 2]
-        fig, (left, right) = plt.subplots(1, 2, figsize=(5.2, 2.9))
-        for ax in (left, right):
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.axis("off")
-        right.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
-        left.set_title("crop (centre slice)", fontsize=7)
-        right.set_title("Grad-CAM", fontsize=7)
-        fig.suptitle(
-            f"{row['row_id']}: "
-            f"{vocab.SEVERITIES[target]} p={proba[target]:.2f} ({grader.backbone})",
-            fontsize=7,
+        title = (
+            f"{row['row_id']}: {vocab.SEVERITIES[target]} p={proba[target]:.2f} ({grader.backbone})"
         )
-        fig.tight_layout()
+        picture = explanation_image(crops[i, crops.shape[1] // 2], cam, title)
         path = Path(out_dir) / str(points.loc[i, "study_id"]) / f"{row['row_id']}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
+            picture.save(tmp, format="PNG")
         written.append(path)
     return written
