@@ -88,7 +88,8 @@ def test_params_yaml_loads_into_frozen_typed_models():
     assert params == load_params(REPO / "params.yaml")
     tpc = params.train_per_condition
     assert isinstance(tpc.training, TrainingConfig) and params.engine.threads == 2
-    assert params.engine.device == "auto" and params.engine.precision == "fp32"
+    assert params.engine.device == "auto" and params.engine.precision == "auto"
+    assert params.train_localizer.precision == "fp32"
     assert isinstance(tpc.backbones, tuple) and isinstance(tpc.training.folds, tuple)
     assert isinstance(params.synthesize.sagittal_fov_mm[0], float)
     for backbone in tpc.backbones:
