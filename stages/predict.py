@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             args.localizers,
             args.selection,
             args.labels,
-            params,
+            params.train_per_condition,
+            params.crop_rois,
+            params.engine,
         )
         answers = root / TEST_LABELS_CSV
         coordinates = root / TEST_COORDINATES_CSV

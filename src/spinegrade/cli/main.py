@@ -116,7 +116,9 @@ def predict_command(args: argparse.Namespace) -> None:
         args.localizers,
         args.selection,
         args.labels,
-        params,
+        params.train_per_condition,
+        params.crop_rois,
+        params.engine,
     )
     result = predict_studies(
         args.images, series, bundle, on_error=args.on_error, explain_dir=args.explain

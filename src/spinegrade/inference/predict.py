@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from spinegrade.core import runtime, vocab
-from spinegrade.core.config import CropConfig, Params
+from spinegrade.core.config import CropConfig, EngineConfig, TrainConfig
 from spinegrade.inference.explain import write_explanations
 from spinegrade.inference.grading import Grader, grade_points, load_graders, select_backbones
 from spinegrade.inference.localize import (
@@ -52,7 +52,9 @@ def load_bundle(
     localizers_dir: str | Path,
     comparison_path: str | Path,
     labels_path: str | Path,
-    params: Params,
+    train: TrainConfig,
+    crop: CropConfig,
+    engine: EngineConfig,
 ) -> Bundle:
     """Graders chosen by compare-backbones, the three localizers, and the class prior.
 
@@ -61,13 +63,13 @@ def load_bundle(
         localizers_dir: train-localizer outputs ({series type}/).
         comparison_path: compare-backbones.json.
         labels_path: ingest's labels.csv (training labels: the class prior).
-        params: the recipes the graders were trained with (train-per-condition), the crop
-            geometry (crop-rois), and the device and precision to run them in (engine).
+        train: train-per-condition params the graders were trained with (recipes).
+        crop: crop-rois params their crops were cut with.
+        engine: the device and precision to run them in (engine.device, engine.precision).
     """
-    train, crop = params.train_per_condition, params.crop_rois
-    dev = runtime.device(params.engine.device)
-    runtime.check_precision(dev, params.engine.precision)
-    precision = runtime.resolve_precision(dev, params.engine.precision)
+    dev = runtime.device(engine.device)
+    runtime.check_precision(dev, engine.precision)
+    precision = runtime.resolve_precision(dev, engine.precision)
     comparison_path = Path(comparison_path)
     if not comparison_path.is_file():
         raise FileNotFoundError(
