@@ -116,7 +116,7 @@ def test_train_fold_is_deterministic_and_returns_the_best_epoch():
     np.testing.assert_allclose(a.oof.sum(axis=1), 1.0, rtol=1e-6)
     best = min(a.history, key=lambda h: h["val_loss"])
     assert a.best_epoch == best["epoch"]
-    assert metric_loss(a.oof, val[1]) == pytest.approx(best["val_loss"], rel=1e-6)
+    assert metric_loss(a.oof, val.labels) == pytest.approx(best["val_loss"], rel=1e-6)
 
 
 def test_train_group_backbone_out_of_fold_rows():
