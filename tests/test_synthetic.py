@@ -1,7 +1,9 @@
-"""The synthetic generator: competition format, DICOM headers, determinism, learnable severity."""
+"""The synthetic generator: competition format, DICOM headers, determinism, contrast per
+sequence, severity as continuous narrowing graded by thresholds."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -11,8 +13,17 @@ from conftest import tiny_synthetic
 
 from spinegrade.core import vocab
 from spinegrade.core.vocab import TEST_LABELS_CSV
-from spinegrade.synthetic.anatomy import CLASS_BALANCE, FORAMEN_SCALE, Anatomy, render
-from spinegrade.synthetic.dataset import _draw_grades, generate_dataset
+from spinegrade.synthetic.anatomy import SliceGrid, build_anatomy, render_slice
+from spinegrade.synthetic.dataset import generate_dataset
+from spinegrade.synthetic.imaging import TISSUE, draw_scanner, form_image
+from spinegrade.synthetic.severity import (
+    CLASS_BALANCE,
+    Degeneration,
+    draw_degeneration,
+    grade,
+    read_grades,
+    thresholds,
+)
 
 
 def _header(path) -> list[str]:
@@ -124,33 +135,143 @@ def test_deterministic_from_seed(tmp_path):
     assert _tree_digest(a) != _tree_digest(c)
 
 
+def _degenerations(n: int, seed: int = 0) -> list[Degeneration]:
+    rng = np.random.default_rng(seed)
+    return [draw_degeneration(rng) for _ in range(n)]
+
+
 def test_class_balance_follows_real_frequencies():
-    rng = np.random.default_rng(0)
+    """Grades are thresholds on the latent; over levels they give CLASS_BALANCE per group."""
+    studies = _degenerations(6000)
     for group, counts in CLASS_BALANCE.items():
-        draws = np.concatenate([_draw_grades(rng, None, group, k, 4000) for k in range(5)])
+        draws = np.concatenate([grade(d.of(group), group).ravel() for d in studies])
         observed = np.bincount(draws, minlength=3) / len(draws)
         expected = np.array(counts) / sum(counts)
-        np.testing.assert_allclose(observed, expected, atol=0.02)
+        np.testing.assert_allclose(observed, expected, atol=0.01)
+        t1, t2 = thresholds(group)
+        assert t1 < t2
 
 
-def _foramen_fat_area(scale: float) -> int:
-    """Bright (fat) pixels of a 0.25 mm grid through the left L3/L4 foramen on T1."""
-    anatomy = Anatomy(
-        x0=0.0,
-        y0=0.0,
-        disc_z=np.array([60.0, 25, -10, -45, -80]),
-        period=35.0,
-        bulge=np.zeros(5),
-        foramen=np.full((2, 5), scale),
-        recess=np.ones((2, 5)),
+def test_severity_peaks_low_and_correlates_within_a_level():
+    studies = _degenerations(3000, seed=1)
+    spinal = np.array([grade(d.spinal, "spinal") for d in studies])
+    rate = (spinal > 0).mean(axis=0)
+    assert rate.argmax() == 3  # L4/L5
+    foraminal = np.array([d.foraminal.mean(axis=0) for d in studies])
+    assert foraminal.mean(axis=0)[3:].min() > foraminal.mean(axis=0)[:3].max()
+    canal = np.array([d.spinal[3] for d in studies])
+    recess = np.array([d.subarticular[0, 3] for d in studies])
+    assert np.corrcoef(canal, recess)[0, 1] > 0.5  # narrow together when the disc bulges
+
+
+def test_reader_disagrees_only_near_thresholds():
+    rng = np.random.default_rng(2)
+    studies = _degenerations(1500, seed=2)
+    t1, t2 = thresholds("subarticular")
+    z = np.concatenate([d.subarticular.ravel() for d in studies])
+    read = np.concatenate([read_grades(rng, d, "subarticular", 0.2).ravel() for d in studies])
+    differ = read != grade(z, "subarticular")
+    assert 0.01 < differ.mean() < 0.15
+    distance = np.minimum(abs(z - t1), abs(z - t2))
+    assert distance[differ].max() < 1.0  # 5 reader sd
+    assert np.median(distance[differ]) < 0.25
+
+
+def _axial(anatomy, z: float, spacing: float = 0.5, size: int = 480) -> SliceGrid:
+    """An axial slice (3 mm thick) centred on the canal at height z."""
+    ipp = np.array([anatomy.x0 - spacing * size / 2, anatomy.y0 - spacing * size / 2, z])
+    return SliceGrid(ipp, np.array([1.0, 0, 0, 0, 1, 0]), (spacing, spacing), (size, size), 3.0)
+
+
+def _pixel(anatomy, grid: SliceGrid, u: float, v: float) -> tuple[int, int]:
+    return (
+        int(round((anatomy.y0 + v - grid.ipp[1]) / grid.step_r[1])),
+        int(round((anatomy.x0 + u - grid.ipp[0]) / grid.step_c[0])),
     )
-    v, z = np.meshgrid(np.arange(-15, 10, 0.25), np.arange(-20, 8, 0.25), indexing="ij")
-    pts = np.stack([np.full_like(v, 18.0), v, z], axis=-1)
-    return int((render(anatomy, pts, weighting=0) > 0.8).sum())
 
 
-def test_foramen_size_encodes_severity():
-    """The fat-filled foramen seen on T1 shrinks with each severity step."""
-    areas = [_foramen_fat_area(float(np.mean(FORAMEN_SCALE[g]))) for g in range(3)]
-    assert areas[0] > 1.5 * areas[1] > 0
-    assert areas[1] > 2 * areas[2]
+def test_tissue_intensities_come_out_in_order_per_sequence():
+    """Measured through the full image formation (contrast draws, bias, noise, blur), the
+    tissues keep each sequence's order: T1 fat > marrow > muscle > CSF; T2 CSF > nucleus >
+    marrow > muscle; STIR CSF > nucleus > muscle > fat."""
+    rng = np.random.default_rng(3)
+    anatomy = build_anatomy(rng, draw_degeneration(rng), difficulty=1.0)
+    anatomy = dataclasses.replace(anatomy, disc_deg=np.zeros(5))  # a healthy nucleus
+    k = 2
+    at_body = _axial(anatomy, anatomy.disc_z[k] - anatomy.period / 2, spacing=1.0, size=240)
+    at_disc = _axial(anatomy, anatomy.disc_z[k], spacing=1.0, size=240)
+    spots = {  # tissue: (grid, u, v)
+        "fat": (at_body, 0.0, 80.0),
+        "marrow": (at_body, 0.0, -26.0),
+        "muscle": (at_body, 31.0, 42.0),
+        "csf": (at_body, 0.0, -1.0),
+        "nucleus": (at_disc, 0.0, -25.0),
+    }
+    orders = {
+        "T1": ("fat", "marrow", "muscle", "csf"),
+        "T2": ("csf", "nucleus", "marrow", "muscle"),
+        "STIR": ("csf", "nucleus", "muscle", "fat"),
+    }
+    for sequence, order in orders.items():
+        for trial in range(4):
+            scanner = draw_scanner(rng, "Axial T2", 1.0, 0.04, sequence=sequence)
+            images = {id(g): form_image(anatomy, g, scanner, rng) for g in (at_body, at_disc)}
+            value = {}
+            for tissue, (g, u, v) in spots.items():
+                r, c = _pixel(anatomy, g, u, v)
+                value[tissue] = images[id(g)][r - 1 : r + 2, c - 1 : c + 2].mean()
+            measured = [value[t] for t in order]
+            assert measured == sorted(measured, reverse=True), (sequence, trial, value)
+
+
+def _areas(group: str, latents: np.ndarray) -> list[float]:
+    """Bright-tissue area (mm^2, partial volume counted) of the structure ``group`` names at
+    L4/L5 on a noiseless slice, as its latent degree alone varies."""
+    base = draw_degeneration(np.random.default_rng(4))
+    out = []
+    for z in latents:
+        values = {g: base.of(g).copy() for g in ("spinal", "foraminal", "subarticular")}
+        values[group][..., 3] = z
+        deg = Degeneration(
+            spinal=values["spinal"][0],
+            foraminal=values["foraminal"],
+            subarticular=values["subarticular"],
+            disc=base.disc,
+        )
+        anatomy = build_anatomy(np.random.default_rng(5), deg, difficulty=0.0)
+        if group == "foraminal":  # sagittal T1 through the left foramen: fat
+            centre = anatomy.foramen_point(0, 3)
+            n = 160
+            ipp = centre + np.array([0.0, -0.25 * n / 2, 0.25 * n / 2])
+            grid = SliceGrid(ipp, np.array([0.0, 1, 0, 0, 0, -1]), (0.25, 0.25), (n, n), 3.6)
+            img = render_slice(anatomy, grid, TISSUE["T1"])
+            bright = np.clip((img - TISSUE["T1"]["bone"]) / (TISSUE["T1"]["fat"] - 0.55), 0, 1)
+        else:  # axial T2 at the disc: CSF of the canal (spinal) or the left recess
+            grid = _axial(anatomy, anatomy.disc_z[3], spacing=0.25, size=120)
+            img = render_slice(anatomy, grid, TISSUE["T2"])
+            bright = np.clip((img - 0.5) / 0.5, 0, 1)
+            cols = np.arange(120) * 0.25 - 15.0  # u of each column
+            bright = bright[:, cols > 4.0] if group == "subarticular" else bright
+        out.append(float(bright.sum()) * grid.pixel**2)
+    return out
+
+
+def test_structure_area_decreases_with_latent_severity():
+    """Canal, recess and foramen each shrink strictly as their own latent grows, and a
+    Severe level is well below a typical Normal/Mild one."""
+    for group in ("spinal", "subarticular", "foraminal"):
+        t1, t2 = thresholds(group)
+        latents = np.linspace(t1 - 2.0, t2 + 1.0, 7)
+        areas = _areas(group, latents)
+        assert all(np.diff(areas) < 0), (group, areas)
+        assert areas[-1] < 0.6 * areas[0], (group, areas)
+
+
+def test_difficulty_scales_noise_and_variation_monotonically():
+    noise, spread = [], []
+    for d in (0.0, 0.5, 1.0, 2.0):
+        scanners = [draw_scanner(np.random.default_rng(i), "Axial T2", d, 0.04) for i in range(30)]
+        noise.append(np.mean([s.noise for s in scanners]))
+        spread.append(np.std([s.contrast["csf"] / s.contrast["muscle"] for s in scanners]))
+    assert noise[0] == 0 and all(np.diff(noise) > 0)
+    assert spread[0] < 1e-9 and all(np.diff(spread) > 0)

@@ -98,7 +98,15 @@ class DataConfig(_Section):
 
 
 class SyntheticConfig(_Section):
-    """Size and quirk rates of the generated dataset (all rates are probabilities)."""
+    """Size and quirk rates of the generated dataset (all rates are probabilities).
+
+    ``reader_noise``: sd of the reader's error on a level's latent degeneration (latent sd
+    units; spinegrade.synthetic.severity), so recorded grades differ from the true ones
+    only near a threshold. ``noise_sigma``: image noise sd on the [0, 1] intensity scale.
+    ``difficulty``: one knob (0 = clean, 1 = default, 2 = twice) multiplying image noise,
+    reader noise, the ambiguity between the anatomy and the grade, scanner contrast,
+    resolution and bias variation, and the artifact rate (spinegrade.synthetic.imaging).
+    """
 
     seed: int = 2024
     n_train_studies: int = 200
@@ -116,8 +124,9 @@ class SyntheticConfig(_Section):
     continuous_axial_rate: float = 0.2
     instance_quirk_rate: float = 0.3
     missing_spacing_rate: float = 0.1
-    label_noise_rate: float = 0.02
+    reader_noise: float = 0.2
     noise_sigma: float = 0.04
+    difficulty: float = Field(1.0, ge=0.0)
 
 
 class IngestConfig(_Section):

@@ -1,19 +1,25 @@
 """A synthetic, RSNA-format lumbar spine dataset whose images encode severity.
 
-The generator draws, per study, a simple analytic spine in LPS patient coordinates (mm):
-vertebral bodies and discs, the spinal canal with subarticular recesses, neural foramina
-between pedicles, and posterior elements. Each labelled level narrows the structure its
-condition names, by an amount that follows the level's severity:
+Per study (all from ``np.random.default_rng([seed, index])``):
 
-- spinal canal stenosis: a disc bulge fills the anterior canal at the disc level;
-- neural foraminal narrowing: the fat-filled foramen (bright on T1) shrinks;
-- subarticular stenosis: the CSF-filled lateral recess (bright on T2) shrinks inside
-  thickened ligament.
+1. latent degeneration per condition, side and level (``severity.draw_degeneration``):
+   shared study and disc factors, peaking at L4/L5 and L5/S1; true grades are thresholds
+   on it that reproduce the real class balance, and the recorded labels add a reader's
+   error (``reader_noise`` x ``difficulty``), so they disagree only near a threshold;
+2. an analytic lumbar spine in LPS patient coordinates (``anatomy.build_anatomy``) whose
+   canal, lateral recesses and foramina narrow continuously with the latent:
 
-Every slice of every series is rendered by evaluating that anatomy on the slice's own
-pixel grid through its DICOM geometry, so sagittal and axial series of one study share one
-frame of reference and labelled coordinates fall on the anatomy they name. Output is the
-competition layout (docs/rsna-data.md) plus the held-out test set's answers in two extra files.
+   - spinal canal stenosis: the disc bulges and the ligamentum flavum thickens into the canal;
+   - neural foraminal narrowing: the fat around the exiting root (bright on T1) shrinks;
+   - subarticular stenosis: the CSF lobe of the lateral recess (bright on T2) shrinks;
+
+3. series planned as before (``series``), each with its own scanner (``imaging``): contrast
+   per sequence, point spread, coil bias, Rician noise, some motion artifacts.
+
+Every slice is rendered on its own pixel grid through its DICOM geometry, so sagittal and
+axial series of one study share one frame of reference and labelled coordinates fall on
+the anatomy they name. Output is the competition layout (docs/rsna-data.md) plus the
+held-out test set's answers in two extra files.
 """
 
 from __future__ import annotations
@@ -31,15 +37,7 @@ from spinegrade.core.io import atomic_dir
 from spinegrade.core.parallel import parallel_map
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.geometry import world_to_pixel
-from spinegrade.synthetic.anatomy import (
-    CLASS_BALANCE,
-    FORAMEN_SCALE,
-    LEVEL_ODDS,
-    MISSING_ODDS,
-    RECESS_SCALE,
-    SPINAL_BULGE_MM,
-    Anatomy,
-)
+from spinegrade.synthetic.anatomy import MISSING_ODDS, build_anatomy
 from spinegrade.synthetic.series import (
     FAKE_NAMES,
     SeriesPlan,
@@ -48,24 +46,9 @@ from spinegrade.synthetic.series import (
     _sagittal_plan,
     _write_series,
 )
+from spinegrade.synthetic.severity import draw_degeneration, read_grades
 
 log = logging.getLogger(__name__)
-
-
-def _draw_grades(rng, cfg: SyntheticConfig, group: str, level: int, n: int) -> np.ndarray:
-    counts = np.array(CLASS_BALANCE[group], dtype=float)
-    p = counts / counts.sum()
-    odds = LEVEL_ODDS[group][level] / np.mean(LEVEL_ODDS[group])
-    abnormal = np.clip((1 - p[0]) * odds, 0, 0.95)
-    probs = np.array(
-        [1 - abnormal, abnormal * p[1] / (p[1] + p[2]), abnormal * p[2] / (p[1] + p[2])]
-    )
-    return rng.choice(3, size=n, p=probs)
-
-
-def _shape_param(rng, ranges, grade: int) -> float:
-    lo, hi = ranges[grade]
-    return float(rng.uniform(lo, hi))
 
 
 @dataclass
@@ -83,33 +66,12 @@ def generate_study(args: tuple) -> dict[str, list]:
     """
     cfg, seed, index, study_id, series_ids, images_dir = args
     rng = np.random.default_rng([seed, index])
-    period = float(rng.uniform(32.0, 37.0))
-    z_top = float(rng.uniform(55.0, 75.0))
-    grades = {
-        g: np.array(
-            [_draw_grades(rng, cfg, g, k, 2)[: (1 if g == "spinal" else 2)] for k in range(5)]
-        )
-        for g in vocab.GROUPS
-    }
-    anatomy = Anatomy(
-        x0=float(rng.normal(0, 3)),
-        y0=float(rng.normal(0, 4)),
-        disc_z=z_top - period * np.arange(5),
-        period=period,
-        bulge=np.array([_shape_param(rng, SPINAL_BULGE_MM, g[0]) for g in grades["spinal"]]),
-        foramen=np.array(
-            [
-                [_shape_param(rng, FORAMEN_SCALE, grades["foraminal"][k, s]) for k in range(5)]
-                for s in range(2)
-            ]
-        ),
-        recess=np.array(
-            [
-                [_shape_param(rng, RECESS_SCALE, grades["subarticular"][k, s]) for k in range(5)]
-                for s in range(2)
-            ]
-        ),
-    )
+    degeneration = draw_degeneration(rng)
+    reader_sd = cfg.reader_noise * cfg.difficulty
+    recorded = {
+        g: read_grades(rng, degeneration, g, reader_sd).T for g in vocab.GROUPS
+    }  # (5, sides)
+    anatomy = build_anatomy(rng, degeneration, cfg.difficulty)
     born = (int(rng.integers(1940, 2000)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
     identity = {
         "name": FAKE_NAMES[index % len(FAKE_NAMES)],
@@ -147,19 +109,16 @@ def generate_study(args: tuple) -> dict[str, list]:
         omit = rng.random() < cfg.missing_spacing_rate
         _write_series(plan, anatomy, rng, cfg, study_dir, study_id, nums, identity, omit)
 
-    # Labels (with label noise) and coordinates on the series showing each condition.
+    # Recorded labels and coordinates on the series showing each condition.
     label_row: dict[str, object] = {"study_id": study_id}
     coords: list[dict] = []
     for group_name, group in vocab.GROUPS.items():
         for side_i, condition in enumerate(group.conditions):
             for k, level in enumerate(vocab.LEVELS):
-                true = int(grades[group_name][k, side_i])
-                recorded = true
-                if rng.random() < cfg.label_noise_rate:
-                    recorded = min(2, true + 1) if true == 0 else true - 1
+                label = int(recorded[group_name][k, side_i])
                 odds = MISSING_ODDS[group_name][k] / np.mean(MISSING_ODDS[group_name])
                 is_missing = rng.random() < cfg.missing_label_rate * odds
-                label_row[f"{condition}_{level}"] = "" if is_missing else vocab.SEVERITIES[recorded]
+                label_row[f"{condition}_{level}"] = "" if is_missing else vocab.SEVERITIES[label]
                 if is_missing and rng.random() < 0.5:
                     continue
                 point = (

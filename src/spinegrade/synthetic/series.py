@@ -13,12 +13,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from scipy.ndimage import gaussian_filter
 
 from spinegrade.core import vocab
 from spinegrade.core.config import SyntheticConfig
-from spinegrade.data.geometry import pixel_to_world
-from spinegrade.synthetic.anatomy import SAGITTAL_IOP, Anatomy, render
+from spinegrade.synthetic.anatomy import SAGITTAL_IOP, Anatomy, SliceGrid
+from spinegrade.synthetic.imaging import draw_scanner, form_image
 
 FAKE_NAMES = ("Doe^Jane", "Roe^Richard", "Smith^Alex", "Moreau^Claire", "Tanaka^Ken")
 
@@ -128,19 +127,14 @@ def _write_series(
     identity: dict[str, str],
     omit_spacing: bool,
 ) -> None:
-    weighting = 0 if plan.description == vocab.SAGITTAL_T1 else 1
     series_dir = study_dir / str(plan.series_id)
     series_dir.mkdir(parents=True)
-    scale = float(rng.uniform(800, 2500))
+    scanner = draw_scanner(rng, plan.description, cfg.difficulty, cfg.noise_sigma)
     series_uid = generate_uid(entropy_srcs=[str(study_id), str(plan.series_id), "series"])
     for spec, inst in zip(plan.slices, instance_numbers, strict=True):
-        rows, cols = spec.shape
-        yy, xx = np.mgrid[0:rows, 0:cols]
-        pts = pixel_to_world(xx, yy, spec.ipp, spec.iop, spec.spacing)
-        img = render(anatomy, pts, weighting)
-        img = gaussian_filter(img, 0.6)
-        img = img * (1.0 + 0.08 * (xx / cols - 0.5)) + rng.normal(0.0, cfg.noise_sigma, img.shape)
-        pixels = np.clip(img * scale, 0, 65535).astype(np.uint16)
+        grid = SliceGrid(spec.ipp, spec.iop, spec.spacing, spec.shape, plan.thickness)
+        img = form_image(anatomy, grid, scanner, rng)
+        pixels = np.clip(img * scanner.scale, 0, 65535).astype(np.uint16)
         ds = _dataset(spec, pixels, plan, inst, study_id, series_uid, identity, omit_spacing)
         ds.save_as(series_dir / f"{inst}.dcm", enforce_file_format=True)
 
