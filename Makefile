@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: venv repro test lint bench bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
+.PHONY: venv repro test lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ lint: $(DEV)
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_convert.py
+
+# The data stages at the real dataset's size, 1,975 studies (about 23 GB of scratch space;
+# ARGS="--studies 200" for a shorter run, ARGS="--help" for options).
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py $(ARGS)
 
 # Data loader vs training step, images/s, per backbone and precision (ARGS="--help").
 bench-train: $(STAMP)
