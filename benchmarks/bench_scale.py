@@ -71,6 +71,7 @@ import pandas as pd
 import psutil
 import yaml
 
+from spinegrade.cli.preset import overrides
 from spinegrade.core import vocab
 from spinegrade.core.config import SYNTHETIC_ROOT, load_params
 from spinegrade.core.errors import ConfigError
@@ -310,8 +311,9 @@ def read_json(path: Path) -> dict:
 
 
 def crop_counts(work: Path) -> dict[str, int]:
-    """Crops per condition group: rows of crop-rois' {group}.csv index tables."""
-    return {g: len(pd.read_csv(work / "data" / "crops" / f"{g}.csv")) for g in vocab.GROUPS}
+    """Crops per condition group, from crop-rois' report."""
+    groups = read_json(work / "reports" / "crop-rois.json").get("groups", {})
+    return {g: int(groups.get(g, {}).get("crops", 0)) for g in vocab.GROUPS}
 
 
 def stage_notes(r: Result, work: Path) -> str:
@@ -348,12 +350,16 @@ def stage_notes(r: Result, work: Path) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def crop_shape(path: Path) -> tuple[int, int]:
-    """(slices, size_px) of a params or preset file's crop-rois, the params' defaults for
-    keys it leaves out."""
-    section = (yaml.safe_load(path.read_text()) or {}).get("crop-rois", {})
-    base = load_params(ROOT / "params.yaml").crop_rois
-    return section.get("slices", base.slices), section.get("size_px", base.size_px)
+def crop_shapes(params_file: Path, preset: Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(slices, size_px) of the run's crop-rois, and with the GPU preset applied to it (read
+    and checked as `make exp-gpu` reads it)."""
+    base = load_params(params_file).crop_rois
+    changed = overrides(preset, params_file)
+    gpu = (
+        changed.get("crop-rois.slices", base.slices),
+        changed.get("crop-rois.size_px", base.size_px),
+    )
+    return (base.slices, base.size_px), gpu
 
 
 def print_stage_table(results: list[Result], studies: int, test: int) -> None:
@@ -381,7 +387,7 @@ def print_stage_table(results: list[Result], studies: int, test: int) -> None:
 
 def print_crop_table(work: Path, params_file: Path, preset: Path, studies: int) -> None:
     counts = crop_counts(work)
-    demo, gpu = crop_shape(params_file), crop_shape(preset)
+    demo, gpu = crop_shapes(params_file, preset)
     scale = REAL_STUDIES / studies
     bytes_demo = {g: n * demo[0] * demo[1] ** 2 for g, n in counts.items()}
     bytes_gpu = {g: n * gpu[0] * gpu[1] ** 2 for g, n in counts.items()}
