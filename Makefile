@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: venv repro test lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
+.PHONY: venv repro test chromium lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
 
 venv: $(STAMP)
 
@@ -28,8 +28,22 @@ $(DEV): $(STAMP) requirements-dev.txt
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: $(DEV)
+test: $(DEV) chromium
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+# The browser tests drive Debian's chromium (Playwright cannot download its own browsers
+# here): installed with apt-get when running as root, else a message saying what to install.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (apt-get) for the browser tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	else \
+	  echo "error: the browser tests need chromium at $(CHROMIUM): run 'sudo apt-get install chromium'" \
+	       "(Debian/Ubuntu), or set CHROMIUM=/path/to/chromium" >&2; exit 1; \
+	fi
 
 lint: $(DEV)
 	$(BIN)/ruff check src stages tests benchmarks

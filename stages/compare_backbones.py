@@ -1,10 +1,16 @@
-"""DVC stage compare-backbones: one table and one plot across backbones and groups.
+"""DVC stage compare-backbones: one table and one plot across models and groups.
 
-Columns: macro recall, macro F1, the group's rsna term and the backbone's rsna score,
-GFLOPs per image (torch flop_counter at the crops' size and channel count, multiply-add =
-2 FLOPs), parameters, recall per GFLOP. Writes CSV and Markdown tables, a DVC metric, and
-a recall-vs-GFLOPs plot, and logs them all as artifacts of MLflow run "compare-backbones",
-next to the pipeline's fold runs listed with mlflow.search_runs.
+Per (model, group), the backbones and their ensemble: the group's rsna term (after and
+before temperature scaling), calibration error, macro recall, macro F1, the model's rsna
+score, each with its study-level bootstrap interval, GFLOPs per image (torch flop_counter
+at the crops' size and channel count, multiply-add = 2 FLOPs), parameters, recall per
+GFLOP, and a verdict against the group's best model (best / worse / not distinguishable,
+by the paired bootstrap). Writes CSV and Markdown tables, a pairwise CSV, a DVC metric
+(which predict reads to choose each group's model), and a recall-vs-GFLOPs plot, and logs
+them all as artifacts of MLflow run "compare-backbones", next to the pipeline's fold runs
+listed with mlflow.search_runs. In MLflow too: one run per table row in experiment
+"{experiment}-comparison" (the view `make ui` opens), and each group's best model registered
+as "{experiment}-{group}" with alias "champion" (tracking.registry).
 """
 
 from __future__ import annotations
@@ -15,12 +21,22 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlflow
+import pandas as pd
 
+from spinegrade.core import vocab
 from spinegrade.core.config import load_params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_path, write_csv, write_json
-from spinegrade.evaluation.compare import comparison_table, recall_gflops_figure, to_markdown
+from spinegrade.evaluation.compare import (
+    comparison_table,
+    paired_table,
+    recall_gflops_figure,
+    to_markdown,
+)
+from spinegrade.evaluation.evaluate import ensemble_table
 from spinegrade.tracking import store as tracking
+from spinegrade.tracking.comparison import log_comparison
+from spinegrade.tracking.registry import register_choice
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         table = comparison_table(evaluation, costs)
         out = Path(args.out)
         write_csv(out.with_suffix(".csv"), table)
+        pairs = out.with_name(out.name + "-paired.csv")
+        write_csv(pairs, paired_table(evaluation))
         with atomic_path(out.with_suffix(".md")) as tmp:
-            tmp.write_text(to_markdown(table, evaluation["class_prior_baseline"]))
+            tmp.write_text(to_markdown(table, evaluation))
         write_json(
             out.with_suffix(".json"),
             {
-                f"{r.group}.{r.backbone}": {k: getattr(r, k) for k in table.columns[2:]}
+                f"{r.group}.{r.model}": {k: getattr(r, k) for k in table.columns[2:]}
                 for r in table.itertuples()
             },
         )
@@ -70,6 +88,37 @@ def main(argv: list[str] | None = None) -> int:
             parent = mlflow.get_run(active.info.run_id).data.tags["mlflow.parentRunId"]
             for suffix in (".csv", ".md", ".png"):
                 mlflow.log_artifact(str(out.with_suffix(suffix)))
+            mlflow.log_artifact(str(pairs))
+            models = {
+                b: {g: pd.read_csv(Path(args.models) / g / b / "oof.csv") for g in cfg.groups}
+                for b in cfg.backbones
+            }
+            datasets = {
+                (g, b): (t[g], f"{args.models}/{g}/{b}/oof.csv")
+                for b, t in models.items()
+                for g in cfg.groups
+            }
+            for g in cfg.groups:
+                datasets[(g, vocab.ENSEMBLE)] = (
+                    ensemble_table([models[b][g] for b in cfg.backbones]),
+                    f"{args.models}/{g}/*/oof.csv (mean)",
+                )
+            run_ids = log_comparison(
+                params.mlflow.experiment,
+                parent,
+                table,
+                datasets,
+                {k: v for k, v in active.data.tags.items() if k.startswith(("dvc.", "git_"))},
+            )
+            for best in table[table["verdict"] == "best"].itertuples():
+                members = cfg.backbones if best.model == vocab.ENSEMBLE else [best.model]
+                register_choice(
+                    params.mlflow.experiment,
+                    run_ids[(best.group, best.model)],
+                    best.group,
+                    best.model,
+                    {b: Path(args.models) / best.group / b for b in members},
+                )
             runs = mlflow.search_runs(
                 [experiment],
                 filter_string=f"tags.mlflow.parentRunId = '{parent}' "

@@ -1,9 +1,12 @@
-"""DVC stage evaluate: out-of-fold predictions -> metrics and the official rsna score.
+"""DVC stage evaluate: out-of-fold predictions -> metrics, the official score, intervals.
 
 Reads only the training stage's oof.csv files (plus labels and folds). Writes --report
-(per group and backbone: accuracy, macro and per-class recall/precision/F1, confusion
-matrix; per backbone: rsna score and its four terms; the class-prior baseline), confusion
-tables for DVC plots, and each backbone's 25-row-per-study OOF submission under --out.
+(per group and model, the backbones and their ensemble: accuracy, macro and per-class
+recall/precision/F1, confusion matrix, expected calibration error before and after
+temperature scaling, bootstrap intervals; per model: rsna score and its four terms, raw
+and calibrated, with intervals; per group, each pair of models' paired differences; the
+class-prior baseline), confusion tables and reliability diagrams for DVC plots, and each
+model's 25-row-per-study OOF submission under --out.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 
 from spinegrade.core.config import load_params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json
-from spinegrade.evaluation.evaluate import evaluate
+from spinegrade.evaluation.evaluate import Settings, evaluate
+from spinegrade.evaluation.plots import reliability_figure
 from spinegrade.tracking import store as tracking
 
 
@@ -29,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", default="data/crops", help="crops (for run provenance only)")
     parser.add_argument("--out", default="data/evaluate", help="submissions directory")
     parser.add_argument("--plots", default="reports/confusion", help="confusion tables (DVC plots)")
+    parser.add_argument(
+        "--calibration", default="reports/calibration", help="reliability diagrams (DVC plots)"
+    )
     parser.add_argument("--report", default="reports/evaluate.json", help="report (DVC metric)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -47,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             oof,
             list(cfg.groups),
             list(cfg.backbones),
+            Settings(
+                resamples=params.evaluate.bootstrap_resamples,
+                seed=params.evaluate.bootstrap_seed,
+                level=params.evaluate.ci_level,
+                bins=params.evaluate.calibration_bins,
+                ensemble=params.evaluate.ensemble,
+            ),
         )
         with atomic_dir(args.out) as tmp:
             for backbone, sub in result.submissions.items():
@@ -54,6 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_dir(args.plots) as tmp:
             for (group, backbone), table in result.confusions.items():
                 write_csv(tmp / f"{group}-{backbone}.csv", table)
+        models = list(result.report["backbones"])
+        with atomic_dir(args.calibration) as tmp:
+            for group in cfg.groups:
+                fig = reliability_figure(
+                    group,
+                    {m: result.reliability[(group, m)] for m in models},
+                    {
+                        m: (
+                            result.report["backbones"][m]["groups"][group]["ece_raw"],
+                            result.report["backbones"][m]["groups"][group]["ece"],
+                        )
+                        for m in models
+                    },
+                )
+                fig.savefig(tmp / f"{group}.png", format="png", dpi=110)
+                plt.close(fig)
         write_json(args.report, result.report)
 
         with tracking.child_run(
@@ -61,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             mlflow.log_metrics(tracking.numeric(result.report))
             mlflow.log_artifact(args.report)
+            mlflow.log_artifacts(args.calibration, "calibration")
 
     return run(body)
 

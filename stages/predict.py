@@ -6,8 +6,9 @@ backbones compare-backbones chose, and writes --out/submission.csv. When the ans
 known (the synthetic dataset writes them beside the images), it scores the submission with
 the official metric next to two references: the same graders cropping at the labelled
 coordinates (what localization costs) and the class prior (what learning gains), and
-measures the localizers' point error in mm. All of it goes to --report (a DVC metric) and
-to an MLflow run "predict" under the pipeline's parent run.
+measures the localizers' point error in mm. Each score gets a study-level bootstrap
+interval (the evaluate params' resamples, seed and level). All of it goes to --report (a
+DVC metric) and to an MLflow run "predict" under the pipeline's parent run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
 from spinegrade.evaluation.localization import localization_errors, summarize_localization
 from spinegrade.inference.predict import load_bundle, predict_studies
+from spinegrade.scoring.bootstrap import score_intervals
 from spinegrade.scoring.metrics import class_prior_submission, rsna_score, solution_from_wide
 from spinegrade.tracking import store as tracking
 
@@ -92,10 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 errors = localization_errors(result.points, at_labels.points)
                 write_csv(tmp / "localization_errors.csv", errors)
-                report["rsna_score"] = {
-                    "localized": rsna_score(solution, result.submission),
-                    "labelled_points": rsna_score(solution, at_labels.submission),
-                    "class_prior": rsna_score(solution, prior),
+                submissions = {
+                    "localized": result.submission,
+                    "labelled_points": at_labels.submission,
+                    "class_prior": prior,
+                }
+                report["rsna_score"] = {k: rsna_score(solution, v) for k, v in submissions.items()}
+                report["rsna_score_ci"] = {
+                    k: score_intervals(solution, v, params.evaluate) for k, v in submissions.items()
                 }
                 report["localization"] = summarize_localization(errors)
         write_json(args.report, report)

@@ -1,10 +1,14 @@
 """DVC stage train-per-condition: train one backbone on one condition group.
 
-One job of the dvc.yaml matrix (group x backbone). For each configured fold: train on the
-other folds' studies, keep the best epoch, predict the fold (out-of-fold probabilities),
-and log the fold as MLflow run {group}-{backbone}-fold{k} under the pipeline's parent run.
-Writes to --out: oof.csv, history.csv, metrics.json and fold{k}.safetensors (best weights;
-safetensors, unlike torch.save, writes the same bytes for the same weights).
+One job of the dvc.yaml matrix (group x backbone). For each configured (outer) fold k:
+train on the folds other than k and its inner validation fold (the next fold), choose the
+epoch and fit a temperature on the inner fold, then predict fold k once (out-of-fold
+probabilities, raw and calibrated), and log the fold as MLflow run
+{group}-{backbone}-fold{k} under the pipeline's parent run. Writes to --out: oof.csv (fold
+k's crops), inner.csv (the inner fold's crops, which made the choices), history.csv,
+metrics.json (per fold: best epoch, temperature, losses, recall...) and
+fold{k}.safetensors (best weights; safetensors, unlike torch.save, writes the same bytes
+for the same weights).
 
 Device, precision and processes come from the engine params: with engine.nproc_per_node
 N > 1 the same command starts N processes under torchrun (DistributedDataParallel, one per
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                 example_shape=(2, *crops.shape[1:]),
                 runtime=rt,
                 system_metrics_s=params.engine.system_metrics_s,
+                inputs=[
+                    (index, f"{args.crops}/{args.group}.csv", f"{args.group} crops"),
+                    (folds, args.folds, "folds"),
+                ],
             )
         result = train_group_backbone(
             crops, index, folds, args.group, args.backbone, cfg, hooks, rt
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         with atomic_dir(args.out) as tmp:
             write_csv(tmp / "oof.csv", result.oof)
+            write_csv(tmp / "inner.csv", result.inner)
             write_csv(tmp / "history.csv", result.history)
             write_json(tmp / "metrics.json", result.metrics)
             for fold, state in result.states.items():

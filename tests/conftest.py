@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,3 +165,16 @@ def dvc_workspace(dest: Path, shrink: Callable[[dict], None]) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert run_dvc(dest, "init", "--no-scm", "-q").returncode == 0
     return dest
+
+
+def wait_for_output(proc: subprocess.Popen, log: Path, pattern: re.Pattern, timeout: float):
+    """The first match of ``pattern`` in ``log`` (a process's output file), polled until
+    ``timeout`` s; AssertionError with the output if the process exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if m := pattern.search(text):
+            return m
+        assert proc.poll() is None, f"spinegrade.cli.ui exited with {proc.returncode}:\n{text}"
+        time.sleep(0.3)
+    raise AssertionError(f"no {pattern.pattern!r} within {timeout} s:\n{log.read_text()}")

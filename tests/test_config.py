@@ -53,7 +53,7 @@ def test_repository_params_load():
             "synthesize:\n  sagittal_fov_mm: [1]\n",
             r"synthesize\.sagittal_fov_mm",
         ),
-        ("split-folds:\n  n_folds: 1\n", r"n_folds must be at least 2"),
+        ("split-folds:\n  n_folds: 2\n", r"n_folds must be at least 3"),
         ("data:\n  root: data/rsna\n", r"data\.root must be data/raw when data\.source"),
         ("data:\n  source: rsna\n", r"data/raw is the synthesize stage's output"),
         ("- a list\n", r"mapping at the top level"),

@@ -320,7 +320,7 @@ def test_a_crashed_fold_leaves_its_run_failed_with_the_error(store, monkeypatch)
     index = pd.DataFrame({"study_id": np.arange(40) // 5, "label": labels})
     for col in ("condition", "level", "side"):
         index[col] = ""
-    folds = pd.DataFrame({"study_id": np.arange(8), "fold": np.arange(8) % 2})
+    folds = pd.DataFrame({"study_id": np.arange(8), "fold": np.arange(8) % 3})
     cfg = TrainConfig(training=TrainingConfig(folds=(0,)), recipes={"resnet18": Recipe()})
     hooks = MlflowFoldHooks(experiment, parent, "spinal", "resnet18", {}, {}, False, (2, 3, 32, 32))
     with pytest.raises(RuntimeError, match="disk full"):

@@ -52,13 +52,18 @@ def test_every_stage_output_exists(pipeline):
     for g in p["groups"]:
         for b in p["backbones"]:
             out = pipeline / "models" / g / b
-            assert {"oof.csv", "history.csv", "metrics.json", "fold0.safetensors"} <= {
+            assert {"oof.csv", "inner.csv", "history.csv", "metrics.json", "fold0.safetensors"} <= {
                 f.name for f in out.iterdir()
             }
-            oof = pd.read_csv(out / "oof.csv")
-            assert (oof["fold"] == 0).all()
-            assert oof[list(vocab.SEVERITY_COLUMNS)].sum(axis=1).round(6).eq(1).all()
-    for b in p["backbones"]:
+            oof, inner = pd.read_csv(out / "oof.csv"), pd.read_csv(out / "inner.csv")
+            assert (oof["fold"] == 0).all() and (inner["inner_fold"] == 1).all()
+            assert not set(oof["study_id"]) & set(inner["study_id"])  # chose nothing scored
+            for cols in (vocab.SEVERITY_COLUMNS, vocab.RAW_SEVERITY_COLUMNS):
+                assert oof[list(cols)].sum(axis=1).round(6).eq(1).all()
+            assert (
+                json.loads((out / "metrics.json").read_text())["folds"]["fold0"]["temperature"] > 0
+            )
+    for b in [*p["backbones"], vocab.ENSEMBLE]:
         sub = pd.read_csv(pipeline / "data" / "evaluate" / f"oof_submission_{b}.csv")
         assert list(sub.columns) == list(vocab.SUBMISSION_HEADER)
         assert len(sub) % 25 == 0 and sub["row_id"].is_unique
@@ -75,10 +80,18 @@ def test_localizers_and_predict_outputs(pipeline):
         assert metrics["point_error_mm_p90"] >= metrics["point_error_mm_median"] >= 0
     sub = pd.read_csv(pipeline / "data" / "predict" / "submission.csv")
     assert list(sub.columns) == list(vocab.SUBMISSION_HEADER)
+    # the backbone was chosen on out-of-fold training studies; its reported score is on
+    # test studies none of which trained, chose an epoch, a temperature or the backbone
+    trained = set(pd.read_csv(pipeline / "data" / "ingest" / "labels.csv")["study_id"])
+    tested = {int(r.split("_")[0]) for r in sub["row_id"]}
+    assert tested and not tested & trained
     assert len(sub) == 25 * 2 and sub["row_id"].is_unique
     report = json.loads((pipeline / "reports" / "predict.json").read_text())
     assert report["studies"] == 2 and report["rows"] == 50
     assert set(report["rsna_score"]) == {"localized", "labelled_points", "class_prior"}
+    for key, ci in report["rsna_score_ci"].items():
+        assert ci["score"]["estimate"] == pytest.approx(report["rsna_score"][key]["score"])
+        assert ci["score"]["low"] <= ci["score"]["estimate"] <= ci["score"]["high"]
     assert report["localization"]["all"]["points"] > 0
     assert list((pipeline / "data" / "predict" / "explain").rglob("*.png"))
 
@@ -87,7 +100,7 @@ def test_localizers_and_predict_outputs(pipeline):
 def test_evaluate_reports_the_official_score_and_metrics(pipeline):
     report = json.loads((pipeline / "reports" / "evaluate.json").read_text())
     p = _params(pipeline)["train-per-condition"]
-    assert set(report["backbones"]) == set(p["backbones"])
+    assert set(report["backbones"]) == {*p["backbones"], vocab.ENSEMBLE}
     for entry in report["backbones"].values():
         assert set(entry["rsna"]) == {"score", "spinal", "foraminal", "subarticular", "any_severe"}
         assert entry["rsna"]["score"] == pytest.approx(
@@ -96,22 +109,32 @@ def test_evaluate_reports_the_official_score_and_metrics(pipeline):
         for g in p["groups"]:
             m = entry["groups"][g]
             assert {"accuracy", "macro_recall", "macro_f1", "per_class", "confusion"} <= set(m)
+            assert {"ece", "ece_raw", "rsna_term_raw", "ci"} <= set(m)
+        assert entry["rsna_ci"]["score"]["low"] <= entry["rsna"]["score"]
     assert "score" in report["class_prior_baseline"]
     confusions = list((pipeline / "reports" / "confusion").glob("*.csv"))
-    assert len(confusions) == len(p["groups"]) * len(p["backbones"])
+    assert len(confusions) == len(p["groups"]) * (len(p["backbones"]) + 1)  # + the ensemble
+    plots = {f.name for f in (pipeline / "reports" / "calibration").iterdir()}
+    assert plots == {f"{g}.png" for g in p["groups"]}
 
 
 @pytest.mark.slow
 def test_comparison_table(pipeline):
     table = pd.read_csv(pipeline / "reports" / "compare-backbones.csv")
     p = _params(pipeline)["train-per-condition"]
-    assert len(table) == len(p["groups"]) * len(p["backbones"])
+    assert len(table) == len(p["groups"]) * (len(p["backbones"]) + 1)  # + the ensemble
+    assert set(table["verdict"]) <= {"best", "worse", "not distinguishable"}
+    assert (table.groupby("group")["verdict"].apply(lambda v: (v == "best").sum()) == 1).all()
+    assert (table["rsna_group_term_low"] <= table["rsna_group_term"]).all()
     assert (table["gflops"] > 0).all()
     pd.testing.assert_series_equal(
         table["recall_per_gflop"], table["macro_recall"] / table["gflops"], check_names=False
     )
     md = (pipeline / "reports" / "compare-backbones.md").read_text()
-    assert "GFLOPs" in md and "multiply-add = 2" in md
+    assert "GFLOPs" in md and "multiply-add = 2" in md and "Paired differences" in md
+    pairs = pd.read_csv(pipeline / "reports" / "compare-backbones-paired.csv")
+    n = len(p["backbones"]) + 1
+    assert len(pairs) == len(p["groups"]) * n * (n - 1) // 2
     assert (pipeline / "reports" / "compare-backbones.png").stat().st_size > 1000
 
 
@@ -142,6 +165,8 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
     assert client.search_logged_models(
         [exp.experiment_id], filter_string=(f"source_run_id = '{run.info.run_id}'")
     ), "model not logged"
+    inputs = {d.dataset.name for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert inputs == {"spinal crops", "folds"}  # the Dataset column of the fold runs
     compare = {a.path for a in client.list_artifacts(children["compare-backbones"].info.run_id)}
     assert {"compare-backbones.csv", "compare-backbones.md", "compare-backbones.png"} <= compare
     loc = children["localizer-sagittal_t2"]
@@ -172,3 +197,31 @@ def test_training_param_change_reruns_only_training_onwards(pipeline):
         assert f"{stage}:" not in status, status
     assert "train-localizer@" not in status, status
     assert "predict:" in status
+
+
+@pytest.mark.slow
+def test_comparison_runs_and_the_registered_choice(pipeline):
+    """The comparison experiment: one flat run per (group, model) with the headline metrics
+    and its dataset; each group's best model registered with alias champion."""
+    client = MlflowClient(f"sqlite:///{pipeline / 'mlruns' / 'mlflow.db'}")
+    name = _params(pipeline)["mlflow"]["experiment"]
+    exp = client.get_experiment_by_name(f"{name}-comparison")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    p = _params(pipeline)["train-per-condition"]
+    models = [*p["backbones"], vocab.ENSEMBLE]
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        f"{g} / {m}" for g in p["groups"] for m in models
+    )
+    table = pd.read_csv(pipeline / "reports" / "compare-backbones.csv")
+    for r in runs:
+        assert "mlflow.parentRunId" not in r.data.tags  # flat: nothing to expand
+        row = table[
+            (table["group"] == r.data.tags["group"]) & (table["model"] == r.data.tags["model"])
+        ]
+        assert r.data.metrics["rsna_group_term"] == pytest.approx(row["rsna_group_term"].item())
+        assert {"macro_recall", "macro_f1", "gflops", "recall_per_gflop"} <= set(r.data.metrics)
+        assert r.inputs.dataset_inputs, "no dataset logged"
+    for group in p["groups"]:
+        best = table[(table["group"] == group) & (table["verdict"] == "best")]["model"].item()
+        version = client.get_model_version_by_alias(f"{name}-{group}", "champion")
+        assert version.tags["model"] == best

@@ -18,23 +18,29 @@ import pytest
 import torch
 import yaml
 from conftest import assert_no_identifiers, header_identifiers
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from safetensors.torch import save_file
 
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
-from spinegrade.core.config import CropConfig, LocalizerInput
+from spinegrade.core.config import CropConfig, LocalizerInput, Recipe, TrainConfig
 from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV
 from spinegrade.data.tables import read_series_table
 from spinegrade.evaluation.localization import localization_errors, summarize_localization
 from spinegrade.inference.explain import grad_cam
-from spinegrade.inference.grading import Grader, select_backbones
+from spinegrade.inference.grading import Grader, Member, load_graders, select_backbones
 from spinegrade.inference.localize import MAX_AXIAL_MM, POINT_COLUMNS, Localizer
 from spinegrade.inference.predict import Bundle, predict_studies
-from spinegrade.models.backbones import create_backbone
+from spinegrade.models.backbones import create_backbone, predict_proba
 from spinegrade.models.heatmap import HeatmapNet
+from spinegrade.models.inputs import CropDataset
 from spinegrade.models.points import point_spec
+from spinegrade.scoring.calibration import apply_temperature
 from spinegrade.scoring.metrics import solution_from_labels, submission_rows
+from spinegrade.tracking import store as tracking
+from spinegrade.tracking.registry import register_choice
 
 CROP = CropConfig(slices=3, size_px=32)
 BACKBONE = "resnet18"
@@ -59,7 +65,9 @@ def _graders() -> dict[str, Grader]:
     torch.manual_seed(0)
     return {
         g: Grader(
-            g, BACKBONE, [create_backbone(BACKBONE, CROP.slices, CROP.size_px).eval()], None, None
+            g,
+            BACKBONE,
+            [Member(BACKBONE, create_backbone(BACKBONE, CROP.slices, CROP.size_px).eval())],
         )
         for g in vocab.GROUPS
     }
@@ -235,6 +243,33 @@ def test_select_backbones_picks_the_lowest_group_term():
         select_backbones(comparison, ["subarticular"])
 
 
+def test_grader_calibrates_each_fold_model_and_averages_backbones():
+    torch.manual_seed(0)
+    crops = np.random.default_rng(0).integers(0, 255, (6, CROP.slices, 32, 32), dtype=np.uint8)
+    a1, a2, b = (create_backbone(BACKBONE, CROP.slices, 32).eval() for _ in range(3))
+    ds = CropDataset(crops, np.zeros(6, dtype=np.int64))
+    p = {name: predict_proba(m, ds, 64) for name, m in (("a1", a1), ("a2", a2), ("b", b))}
+    grader = Grader(
+        "spinal",
+        vocab.ENSEMBLE,
+        [Member("a", a1, 2.0), Member("a", a2, 0.5), Member("b", b, 1.0)],
+    )
+    # backbone a's two fold models first, then the two backbones with equal weight
+    a = (apply_temperature(p["a1"], 2.0) + apply_temperature(p["a2"], 0.5)) / 2
+    np.testing.assert_allclose(grader.predict(crops), (a + p["b"]) / 2, rtol=1e-6)
+
+
+def test_load_graders_reads_temperatures_and_builds_the_ensemble(tmp_path, tiny_ingest):
+    _write_models(tmp_path, tiny_ingest)
+    train = TrainConfig(backbones=(BACKBONE,), recipes={BACKBONE: Recipe()})
+    graders = load_graders(tmp_path / "models", {"spinal": vocab.ENSEMBLE}, train, CROP)
+    assert graders["spinal"].backbone == vocab.ENSEMBLE
+    assert [(m.backbone, m.temperature) for m in graders["spinal"].members] == [(BACKBONE, 1.5)]
+    (tmp_path / "models" / "spinal" / BACKBONE / "metrics.json").write_text('{"folds": {}}')
+    with pytest.raises(DataError, match=r"metrics.json: no temperature for fold0"):
+        load_graders(tmp_path / "models", {"spinal": BACKBONE}, train, CROP)
+
+
 def test_series_csv_errors_name_the_file_and_row(tmp_path):
     bad = tmp_path / "series.csv"
     bad.write_text("study_id,series\n1,2\n")
@@ -256,6 +291,7 @@ def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
             create_backbone(BACKBONE, CROP.slices, CROP.size_px).state_dict(),
             str(d / "fold0.safetensors"),
         )
+        (d / "metrics.json").write_text(json.dumps({"folds": {"fold0": {"temperature": 1.5}}}))
         comparison[f"{g}.{BACKBONE}"] = {"rsna_group_term": 0.5}
     for slug, loc in _localizers().items():
         d = root / "localizers" / slug
@@ -325,6 +361,47 @@ def test_predict_command_writes_a_submission(tiny_dataset, tiny_ingest, tmp_path
     assert len(list((tmp_path / "explain").rglob("*.png"))) == len(
         pd.read_csv(tmp_path / "points.csv")
     )
+
+
+def test_predict_from_the_model_registry_grades_as_the_files_do(
+    tiny_dataset, tiny_ingest, tmp_path, monkeypatch
+):
+    """compare-backbones registers each group's choice with alias champion; predict
+    --registry loads it back and writes the same submission as from models/."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
+    monkeypatch.chdir(tmp_path)
+    _write_models(tmp_path, tiny_ingest)
+    experiment = "registry-test"
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({**params, "mlflow": {"experiment": experiment}})
+    )
+    tracking.setup(experiment, tmp_path)
+    exp = tracking.setup(f"{experiment}-comparison", tmp_path)
+    for g in vocab.GROUPS:
+        run = MlflowClient().create_run(exp, run_name=f"{g} / {BACKBONE}")
+        register_choice(
+            experiment, run.info.run_id, g, BACKBONE, {BACKBONE: tmp_path / "models" / g / BACKBONE}
+        )
+    # a second version replaces the alias's target: predict must follow the alias
+    register_choice(
+        experiment,
+        run.info.run_id,
+        "subarticular",
+        BACKBONE,
+        {BACKBONE: tmp_path / "models" / "subarticular" / BACKBONE},
+    )
+    alias = MlflowClient().get_model_version_by_alias(f"{experiment}-subarticular", "champion")
+    assert int(alias.version) == 2
+
+    from_files, from_registry = tmp_path / "files.csv", tmp_path / "registry.csv"
+    assert spinegrade_main(_cli(tiny_dataset, tmp_path, out=str(from_files))) == 0
+    shutil.rmtree(tmp_path / "models")  # nothing from models/ may be read
+    args = [*_cli(tiny_dataset, tmp_path, out=str(from_registry)), "--registry"]
+    assert spinegrade_main(args) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(from_files), pd.read_csv(from_registry))
 
 
 def test_predict_command_errors_are_one_clear_line(tiny_dataset, tiny_ingest, tmp_path, caplog):

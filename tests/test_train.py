@@ -9,9 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from spinegrade.core.config import Recipe, TrainConfig, TrainingConfig
+from spinegrade.core.vocab import SEVERITY_COLUMNS
+from spinegrade.scoring.calibration import apply_temperature
 from spinegrade.scoring.metrics import rsna_score
 from spinegrade.training.engine.schedules import make_scheduler
-from spinegrade.training.graders.fit import Split, oversample, train_fold, train_group_backbone
+from spinegrade.training.graders.fit import (
+    RAW_COLUMNS,
+    Split,
+    inner_fold,
+    oversample,
+    train_fold,
+    train_group_backbone,
+)
 from spinegrade.training.graders.losses import FocalLoss, make_loss, metric_loss
 
 
@@ -119,27 +128,62 @@ def test_train_fold_is_deterministic_and_returns_the_best_epoch():
     assert metric_loss(a.oof, val.labels) == pytest.approx(best["val_loss"], rel=1e-6)
 
 
-def test_train_group_backbone_out_of_fold_rows():
-    crops, labels = _toy_crops(120, 2)
+def _train_spinal(n_studies: int, n_folds: int, trained: tuple[int, ...], seed: int):
+    """train_group_backbone on toy spinal crops, 5 per study, studies in folds round-robin."""
+    crops, labels = _toy_crops(5 * n_studies, seed)
     index = pd.DataFrame(
         {
-            "study_id": np.repeat(np.arange(24), 5),
+            "study_id": np.repeat(np.arange(n_studies), 5),
             "condition": "spinal_canal_stenosis",
-            "level": np.tile(["l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1"], 24),
+            "level": np.tile(["l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1"], n_studies),
             "side": "",
             "label": labels,
         }
     )
-    folds = pd.DataFrame({"study_id": np.arange(24), "fold": np.arange(24) % 3})
+    folds = pd.DataFrame({"study_id": np.arange(n_studies), "fold": np.arange(n_studies) % n_folds})
     cfg = TrainConfig(
-        training=TrainingConfig(folds=(0, 2), epochs=1, batch_size=16),
+        training=TrainingConfig(folds=trained, epochs=1, batch_size=16),
         recipes={"resnet18": Recipe()},
     )
-    result = train_group_backbone(crops, index, folds, "spinal", "resnet18", cfg)
+    return folds, train_group_backbone(crops, index, folds, "spinal", "resnet18", cfg)
+
+
+def test_train_group_backbone_out_of_fold_rows():
+    folds, result = _train_spinal(24, 3, (0, 2), seed=2)
     assert sorted(result.oof["fold"].unique()) == [0, 2]
     fold_of = folds.set_index("study_id")["fold"]
     assert (result.oof["study_id"].map(fold_of) == result.oof["fold"]).all()  # never seen
-    assert len(result.oof) == int((index["study_id"].map(fold_of) != 1).sum())
+    assert len(result.oof) == 5 * int((fold_of != 1).sum())  # 5 crops per study
     assert set(result.metrics["folds"]) == {"fold0", "fold2"}
     assert result.metrics["gflops"] > 0 and result.metrics["params"] > 1e6
     assert set(result.states) == {0, 2}
+    # calibrated and raw probabilities differ only by the fold's temperature
+    for fold in (0, 2):
+        part = result.oof[result.oof["fold"] == fold]
+        t = result.metrics["folds"][f"fold{fold}"]["temperature"]
+        np.testing.assert_allclose(
+            part[list(SEVERITY_COLUMNS)], apply_temperature(part[RAW_COLUMNS].to_numpy(), t)
+        )
+
+
+def test_no_study_that_made_a_choice_is_scored_for_it():
+    """The leakage test: per outer fold, the studies that chose the epoch and fitted the
+    temperature (inner.csv) are disjoint from the studies scored out of fold (oof.csv), and
+    neither was trained on."""
+    folds, result = _train_spinal(32, 4, (0, 3), seed=4)
+    fold_of = folds.set_index("study_id")["fold"]
+    for fold, inner in ((0, 1), (3, 0)):  # the next fold, cyclically
+        scored = set(result.oof.loc[result.oof["fold"] == fold, "study_id"])
+        chose = set(result.inner.loc[result.inner["fold"] == fold, "study_id"])
+        assert scored == set(fold_of.index[fold_of == fold])
+        assert chose == set(fold_of.index[fold_of == inner])
+        assert not scored & chose
+        summary = result.metrics["folds"][f"fold{fold}"]
+        assert summary["inner_fold"] == inner
+        assert summary["n_train"] == 80 and summary["n_val"] == 40 and summary["n_oof"] == 40
+
+
+def test_inner_fold_needs_three_folds():
+    assert inner_fold(2, [0, 1, 2]) == 0
+    with pytest.raises(ValueError, match=">= 3 folds"):
+        inner_fold(0, [0, 1])

@@ -18,12 +18,11 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import psutil
 import pytest
-from conftest import free_port, group_members
+from conftest import free_port, group_members, wait_for_output
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.cli import ui
@@ -31,7 +30,7 @@ from spinegrade.tracking import store as tracking
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
-LINK = re.compile(r"(http://127\.0\.0\.1:(\d+)/#/experiments/(\d+)/runs)\s")
+LINK = re.compile(r"(http://127\.0\.0\.1:(\d+)/#/experiments/(\d+)/runs)\S*\s")
 GROUP = re.compile(r"server process group (\d+)")
 
 
@@ -66,17 +65,6 @@ def wait_group_gone(pgid: int, timeout: float) -> bool:
             return True
         time.sleep(0.2)
     return False
-
-
-def wait_for_output(proc: subprocess.Popen, log: Path, pattern: re.Pattern, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if m := pattern.search(text):
-            return m
-        assert proc.poll() is None, f"spinegrade.cli.ui exited with {proc.returncode}:\n{text}"
-        time.sleep(0.3)
-    raise AssertionError(f"no {pattern.pattern!r} within {timeout} s:\n{log.read_text()}")
 
 
 def kill_everything(proc: subprocess.Popen, pgid: int | None) -> None:
@@ -173,9 +161,12 @@ def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tra
         assert pgid != os.getpgid(proc.pid), "the server must run in its own process group"
         assert len(group_members(pgid)) > 1, "expected mlflow's worker processes in the group"
 
-        # the link: this port, the experiment from params.yaml, and a page that answers
+        # the links: this port, first the comparison experiment, then the one from params.yaml
         assert int(link_port) == port
-        assert link_exp == exp_id
+        assert link_exp == tracking.setup("ui-test-comparison", ws)
+        links = [m.groups() for m in LINK.finditer(log.read_text())]
+        assert [exp for _, _, exp in links] == [link_exp, exp_id]
+        link = links[1][0]  # the run logged above is in the pipeline experiment
         status, page = get(link)  # the fragment stays in the browser; the server sends the app
         assert status == 200
         assert b'<div id="root"' in page

@@ -86,7 +86,10 @@ probabilities summing to 1).
   --series   test_series_descriptions.csv format: study_id,series_id,series_description
 
 Models come from a finished `dvc repro` (models/, localizers/,
-reports/compare-backbones.json); the class prior for rows that cannot be graded (a series
+reports/compare-backbones.json), or with --registry the graders from the MLflow Model
+Registry: per group, the version compare-backbones registered as
+`{experiment}-{group}@champion` (from the store MLFLOW_TRACKING_URI names, else the
+workspace's). The class prior for rows that cannot be graded (a series
 type missing, a level no axial slice reaches) comes from data/ingest/labels.csv. Each
 such case is a warning naming the study; a corrupt DICOM file is a warning naming the file
 (--on-error skip) or an error (--on-error raise)."""
@@ -100,6 +103,8 @@ example:
 def predict_command(args: argparse.Namespace) -> None:
     """Run ``spinegrade predict`` with parsed arguments."""
 
+    import tempfile
+
     from spinegrade.core.config import load_params
     from spinegrade.core.io import write_csv
     from spinegrade.core.runtime import set_threads
@@ -111,15 +116,27 @@ def predict_command(args: argparse.Namespace) -> None:
     if not Path(args.images).is_dir():
         raise DataError(f"{args.images}: images directory not found")
     series = read_series_table(args.series)
-    bundle = load_bundle(
-        args.models,
-        args.localizers,
-        args.selection,
-        args.labels,
-        params.train_per_condition,
-        params.crop_rois,
-        params.engine,
-    )
+    with tempfile.TemporaryDirectory(prefix="spinegrade-registry-") as tmp:
+        registered = None
+        if args.registry:  # downloaded, then read into memory by load_bundle
+            from spinegrade.tracking.registry import download_choice
+            from spinegrade.tracking.store import setup
+
+            setup(params.mlflow.experiment)
+            registered = {
+                g: download_choice(params.mlflow.experiment, g, Path(tmp) / g)
+                for g in params.train_per_condition.groups
+            }
+        bundle = load_bundle(
+            args.models,
+            args.localizers,
+            args.selection,
+            args.labels,
+            params.train_per_condition,
+            params.crop_rois,
+            params.engine,
+            registered,
+        )
     result = predict_studies(
         args.images, series, bundle, on_error=args.on_error, explain_dir=args.explain
     )
@@ -189,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--labels",
         default="data/ingest/labels.csv",
         help="training label table, for the class prior (default: %(default)s)",
+    )
+    pred.add_argument(
+        "--registry",
+        action="store_true",
+        help="graders from the MLflow Model Registry ({experiment}-{group}@champion) "
+        "instead of --models and --selection",
     )
     pred.add_argument("--params", default="params.yaml", help="params (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -3,7 +3,8 @@
 Starts ``mlflow server`` on 127.0.0.1 with the workspace's store as backend (the SQLite
 database under mlruns/, or ``$MLFLOW_TRACKING_URI``; the database and experiment are created
 first if missing) and artifacts read from mlruns/artifacts, waits until it answers, then
-prints the link to the experiment's runs table. (MLflow 3's UI opens on a GenAI landing
+prints the links to the runs tables: first the comparison experiment (one run per group and
+model, tracking.comparison), then the pipeline experiment. (MLflow 3's UI opens on a GenAI landing
 page that shows no runs; its routes are hash routes, ``/#/experiments/<id>/runs``.)
 
 MLflow 3 starts worker processes (uvicorn workers, a job runner, huey queue consumers) that
@@ -22,6 +23,7 @@ import yaml
 
 from spinegrade.cli.process_group import HOST, READY_TIMEOUT_S, mlflow_server, port_in_use, serve
 from spinegrade.tracking import store as tracking
+from spinegrade.tracking.comparison import CHART_VIEW, comparison_experiment
 
 DEFAULT_PORT = 5000
 
@@ -103,13 +105,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     name = experiment_name(args.params)
     experiment_id = tracking.setup(name)
+    compare_name = comparison_experiment(name)
+    compare_id = tracking.setup(compare_name)
     base_url = f"http://{HOST}:{args.port}"
     cmd = server_command(uri, args.port, args.workers)
     print(f"starting mlflow server on {base_url} (store {uri})", flush=True)
 
     def announce(proc) -> None:
         print(
-            f"\nMLflow UI, runs of experiment '{name}' (id {experiment_id}):\n"
+            f"\nMLflow UI, the backbone comparison (experiment '{compare_name}', one run per "
+            f"group and model):\n"
+            f"    {runs_url(base_url, compare_id)}{CHART_VIEW}\n"
+            f"every pipeline run, with its fold runs nested (experiment '{name}'):\n"
             f"    {runs_url(base_url, experiment_id)}\n"
             f"(server process group {proc.pid}; Ctrl-C stops it and all its workers)\n",
             flush=True,

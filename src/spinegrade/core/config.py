@@ -172,15 +172,19 @@ class CropConfig(_Section):
 
 
 class FoldsConfig(_Section):
-    """split-folds: number of study-level folds and their seed."""
+    """split-folds: number of study-level folds and their seed (at least 3: a scored fold,
+    its inner validation fold and a fold to train on)."""
 
     n_folds: int = 5
     seed: int = 42
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.n_folds < 2:
-            raise ConfigError(f"split-folds.n_folds must be at least 2, got {self.n_folds}")
+        if self.n_folds < 3:
+            raise ConfigError(
+                f"split-folds.n_folds must be at least 3 (scored, inner validation and "
+                f"training folds), got {self.n_folds}"
+            )
         return self
 
 
@@ -400,6 +404,35 @@ class EngineConfig(_Section):
         return self
 
 
+class EvaluateConfig(_Section):
+    """evaluate: how the out-of-fold results are scored.
+
+    Attributes:
+        bootstrap_resamples: study-level bootstrap resamples per interval.
+        bootstrap_seed: their seed (the same seed and predictions give the same intervals).
+        ci_level: the intervals' coverage (0.95: 2.5th to 97.5th percentile).
+        calibration_bins: equal-width confidence bins of the ECE and reliability diagrams.
+        ensemble: score the mean of the backbones' calibrated probabilities as model
+            ``ensemble`` (predict may then choose it).
+    """
+
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    ci_level: float = 0.95
+    calibration_bins: int = 10
+    ensemble: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.bootstrap_resamples < 100:
+            raise ConfigError("evaluate.bootstrap_resamples must be >= 100")
+        if not 0.5 <= self.ci_level < 1.0:
+            raise ConfigError(f"evaluate.ci_level must be in [0.5, 1), got {self.ci_level}")
+        if self.calibration_bins < 2:
+            raise ConfigError("evaluate.calibration_bins must be >= 2")
+        return self
+
+
 class PredictConfig(_Section):
     """predict: grading the held-out test studies end to end.
 
@@ -434,6 +467,7 @@ class Params(_Section):
         default_factory=LocalizerConfig, alias="train-localizer"
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 

@@ -35,6 +35,12 @@ SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")
 
 SEVERITY_COLUMNS: tuple[str, ...] = ("normal_mild", "moderate", "severe")
 
+RAW_SEVERITY_COLUMNS: tuple[str, ...] = tuple(f"raw_{c}" for c in SEVERITY_COLUMNS)
+"""Out-of-fold probabilities before temperature scaling (SEVERITY_COLUMNS hold them after)."""
+
+ENSEMBLE = "ensemble"
+"""The model name of the mean of a group's backbones (evaluate scores it, predict may use it)."""
+
 SEVERITY_INDEX: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
 # Sample weights of the official metric (docs/rsna-metric.md), by class index.

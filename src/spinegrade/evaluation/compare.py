@@ -1,7 +1,13 @@
-"""compare-backbones: one table of recall, F1, official score and cost per backbone and group.
+"""compare-backbones: one table of recall, F1, official score and cost per model and group,
+with study-level bootstrap intervals, and a verdict on what the studies can rank.
 
 GFLOPs are counted by torch.utils.flop_counter at the crops' real size and channel count
-(a multiply-add is 2 FLOPs) for one image; "recall per GFLOP" is macro recall / GFLOPs.
+(a multiply-add is 2 FLOPs) for one image; "recall per GFLOP" is macro recall / GFLOPs. The
+ensemble costs the sum of its backbones.
+
+Ranking: per group, the model with the lowest (calibrated) rsna group term is "best"; every
+other model is "worse" only when the paired bootstrap interval of its difference to the
+best excludes zero, else "not distinguishable" from it.
 """
 
 from __future__ import annotations
@@ -12,83 +18,236 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from spinegrade.core import vocab  # noqa: E402
+
 COLUMNS = (
-    "backbone",
+    "model",
     "group",
-    "macro_recall",
-    "macro_f1",
+    "verdict",
     "rsna_group_term",
+    "rsna_group_term_low",
+    "rsna_group_term_high",
+    "rsna_group_term_raw",
+    "ece",
+    "ece_raw",
+    "macro_recall",
+    "macro_recall_low",
+    "macro_recall_high",
+    "macro_f1",
+    "macro_f1_low",
+    "macro_f1_high",
     "rsna_score",
+    "rsna_score_low",
+    "rsna_score_high",
     "gflops",
     "params_m",
     "recall_per_gflop",
 )
+PAIRED_COLUMNS = (
+    "group",
+    "pair",
+    "rsna_term_diff",
+    "rsna_term_diff_low",
+    "rsna_term_diff_high",
+    "rsna_term_distinguishable",
+    "macro_recall_diff",
+    "macro_recall_diff_low",
+    "macro_recall_diff_high",
+    "macro_recall_distinguishable",
+)
+BEST, WORSE, TIED = "best", "worse", "not distinguishable"
+
+
+def _pair(paired: dict, group: str, a: str, b: str) -> dict:
+    """The paired entry of ``a - b`` in evaluate's report (stored under one order)."""
+    pairs = paired[group]
+    if f"{a}-vs-{b}" in pairs:
+        return pairs[f"{a}-vs-{b}"]
+    flipped = pairs[f"{b}-vs-{a}"]
+    return {
+        stat: {**d, "estimate": -d["estimate"], "low": -d["high"], "high": -d["low"]}
+        for stat, d in flipped.items()
+    }
 
 
 def comparison_table(evaluation: dict, model_metrics: dict[tuple[str, str], dict]) -> pd.DataFrame:
-    """Rows per (backbone, group) from evaluate's report and each model's metrics.json.
+    """Rows per (model, group) from evaluate's report and each backbone's metrics.json,
+    groups in report order and models best first.
 
-    ``rsna_group_term`` is the group's term of the official score; ``rsna_score`` is the
-    backbone's full score (all groups and any-severe), repeated on its rows.
+    ``rsna_group_term`` is the group's term of the official score after temperature scaling
+    (``_raw``: before); ``rsna_score`` is the model's full score, repeated on its rows.
+    ``_low``/``_high`` bound the bootstrap interval.
     """
+    models = evaluation["backbones"]
+    backbones = [m for m in models if m != vocab.ENSEMBLE]
     rows = []
-    for backbone, entry in evaluation["backbones"].items():
+    for model, entry in models.items():
+        parts = backbones if model == vocab.ENSEMBLE else [model]
         for group, m in entry["groups"].items():
-            cost = model_metrics[(group, backbone)]
+            gflops = sum(model_metrics[(group, b)]["gflops"] for b in parts)
+            params = sum(model_metrics[(group, b)]["params"] for b in parts)
+            ci, score_ci = m["ci"], entry["rsna_ci"]["score"]
             rows.append(
                 {
-                    "backbone": backbone,
+                    "model": model,
                     "group": group,
+                    "rsna_group_term": entry["rsna"][group],
+                    "rsna_group_term_low": ci["rsna_term"]["low"],
+                    "rsna_group_term_high": ci["rsna_term"]["high"],
+                    "rsna_group_term_raw": m["rsna_term_raw"],
+                    "ece": m["ece"],
+                    "ece_raw": m["ece_raw"],
                     "macro_recall": m["macro_recall"],
+                    "macro_recall_low": ci["macro_recall"]["low"],
+                    "macro_recall_high": ci["macro_recall"]["high"],
                     "macro_f1": m["macro_f1"],
-                    "rsna_group_term": entry["rsna"].get(group, float("nan")),
+                    "macro_f1_low": ci["macro_f1"]["low"],
+                    "macro_f1_high": ci["macro_f1"]["high"],
                     "rsna_score": entry["rsna"]["score"],
-                    "gflops": cost["gflops"],
-                    "params_m": cost["params"] / 1e6,
-                    "recall_per_gflop": m["macro_recall"] / cost["gflops"],
+                    "rsna_score_low": score_ci["low"],
+                    "rsna_score_high": score_ci["high"],
+                    "gflops": gflops,
+                    "params_m": params / 1e6,
+                    "recall_per_gflop": m["macro_recall"] / gflops,
                 }
             )
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    table = pd.DataFrame(rows)
+    order = {g: i for i, g in enumerate(dict.fromkeys(table["group"]))}
+    table = table.sort_values(
+        ["group", "rsna_group_term", "model"],
+        key=lambda c: c.map(order) if c.name == "group" else c,
+    ).reset_index(drop=True)
+    verdicts = []
+    for r in table.itertuples():
+        best = table.loc[table["group"] == r.group, "model"].iloc[0]
+        if r.model == best:
+            verdicts.append(BEST)
+        else:
+            diff = _pair(evaluation["paired"], r.group, r.model, best)["rsna_term"]
+            verdicts.append(WORSE if diff["distinguishable"] else TIED)
+    table["verdict"] = verdicts
+    return table[list(COLUMNS)]
 
 
-def to_markdown(table: pd.DataFrame, baseline: dict | None = None) -> str:
-    """The table as Markdown with units in the header (and the class-prior baseline)."""
-    shown = table.rename(
-        columns={
-            "macro_recall": "macro recall",
-            "macro_f1": "macro F1",
-            "rsna_group_term": "rsna group term (lower is better)",
-            "rsna_score": "rsna score, all groups (lower is better)",
-            "gflops": "GFLOPs / image (multiply-add = 2)",
-            "params_m": "params (M)",
-            "recall_per_gflop": "recall per GFLOP",
+def paired_table(evaluation: dict) -> pd.DataFrame:
+    """Every pair of models per group: the difference in rsna group term and in macro
+    recall (first minus second) with its paired interval, and whether it excludes zero."""
+    rows = []
+    for group, pairs in evaluation["paired"].items():
+        for name, stats in pairs.items():
+            a, b = name.split("-vs-")
+            term, recall = stats["rsna_term"], stats["macro_recall"]
+            rows.append(
+                {
+                    "group": group,
+                    "pair": f"{a} - {b}",
+                    "rsna_term_diff": term["estimate"],
+                    "rsna_term_diff_low": term["low"],
+                    "rsna_term_diff_high": term["high"],
+                    "rsna_term_distinguishable": term["distinguishable"],
+                    "macro_recall_diff": recall["estimate"],
+                    "macro_recall_diff_low": recall["low"],
+                    "macro_recall_diff_high": recall["high"],
+                    "macro_recall_distinguishable": recall["distinguishable"],
+                }
+            )
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
+
+
+def _ci(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def to_markdown(table: pd.DataFrame, evaluation: dict) -> str:
+    """The tables as Markdown: intervals in brackets, units in the headers, the verdicts,
+    the pairwise differences, and the class-prior baseline."""
+    boot = evaluation["bootstrap"]
+    level = f"{boot['level']:.0%}"
+    shown = pd.DataFrame(
+        {
+            "group": table["group"],
+            "model": table["model"],
+            "verdict": table["verdict"],
+            f"rsna group term [{level} CI] (lower is better)": [
+                _ci(r.rsna_group_term, r.rsna_group_term_low, r.rsna_group_term_high)
+                for r in table.itertuples()
+            ],
+            "before calibration": table["rsna_group_term_raw"].map("{:.3f}".format),
+            "ECE before -> after": [f"{r.ece_raw:.3f} -> {r.ece:.3f}" for r in table.itertuples()],
+            f"macro recall [{level} CI]": [
+                _ci(r.macro_recall, r.macro_recall_low, r.macro_recall_high)
+                for r in table.itertuples()
+            ],
+            f"macro F1 [{level} CI]": [
+                _ci(r.macro_f1, r.macro_f1_low, r.macro_f1_high) for r in table.itertuples()
+            ],
+            "rsna score, all groups": [
+                _ci(r.rsna_score, r.rsna_score_low, r.rsna_score_high) for r in table.itertuples()
+            ],
+            "GFLOPs / image": table["gflops"].map("{:.3f}".format),
+            "params (M)": table["params_m"].map("{:.1f}".format),
+            "recall per GFLOP": table["recall_per_gflop"].map("{:.2f}".format),
         }
     )
-    text = shown.to_markdown(index=False, floatfmt=".3f") + "\n"
-    if baseline:
-        terms = ", ".join(f"{k} {v:.3f}" for k, v in baseline.items() if k != "score")
-        text += (
-            f"\nClass-prior baseline on the same studies: rsna score {baseline['score']:.3f}"
-            f" ({terms}).\n"
+    text = shown.to_markdown(index=False) + "\n"
+    text += (
+        f"\nOut of fold on {evaluation['studies']} studies (folds {evaluation['folds']}), "
+        f"none of which chose an epoch or a temperature; intervals from {boot['resamples']} "
+        f"study-level bootstrap resamples (seed {boot['seed']}). Verdict: per group, a model "
+        f"is 'worse' than the best only when the paired interval of its rsna-term difference "
+        f"excludes zero. GFLOPs per image by torch flop_counter (multiply-add = 2); the "
+        f"ensemble costs the sum of its backbones.\n"
+    )
+    pairs = paired_table(evaluation)
+    if len(pairs):
+        diff = pd.DataFrame(
+            {
+                "group": pairs["group"],
+                "pair (a - b)": pairs["pair"],
+                f"rsna term difference [{level} CI]": [
+                    _ci(r.rsna_term_diff, r.rsna_term_diff_low, r.rsna_term_diff_high)
+                    for r in pairs.itertuples()
+                ],
+                "differs": pairs["rsna_term_distinguishable"].map({True: "yes", False: "no"}),
+                f"macro recall difference [{level} CI]": [
+                    _ci(r.macro_recall_diff, r.macro_recall_diff_low, r.macro_recall_diff_high)
+                    for r in pairs.itertuples()
+                ],
+                "differs ": pairs["macro_recall_distinguishable"].map({True: "yes", False: "no"}),
+            }
         )
+        text += "\nPaired differences (the same bootstrap resamples for both models):\n\n"
+        text += diff.to_markdown(index=False) + "\n"
+    baseline = evaluation["class_prior_baseline"]
+    terms = ", ".join(f"{k} {v:.3f}" for k, v in baseline.items() if k != "score")
+    text += (
+        f"\nClass-prior baseline on the same studies (each fold's prior from its training "
+        f"studies): rsna score {baseline['score']:.3f} ({terms}).\n"
+    )
     return text
 
 
 def recall_gflops_figure(table: pd.DataFrame):
-    """Scatter of macro recall against GFLOPs, one marker per group, labelled by backbone."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for group, part in table.groupby("group", sort=False):
-        ax.scatter(part["gflops"], part["macro_recall"], label=group, s=40)
+    """Macro recall against GFLOPs with its interval, one colour per group, by model."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (group, part) in enumerate(table.groupby("group", sort=False)):
+        err = [part["macro_recall"] - part["macro_recall_low"],
+               part["macro_recall_high"] - part["macro_recall"]]  # fmt: skip
+        ax.errorbar(
+            part["gflops"], part["macro_recall"], yerr=err, fmt="o", ms=5, capsize=3,
+            color=f"C{i}", label=group,
+        )  # fmt: skip
         for r in part.itertuples():
             ax.annotate(
-                r.backbone,
+                r.model,
                 (r.gflops, r.macro_recall),
                 fontsize=7,
                 xytext=(4, 2),
                 textcoords="offset points",
             )
-    ax.set_xlabel("GFLOPs per image (torch flop_counter, multiply-add = 2)")
-    ax.set_ylabel("macro recall (out of fold)")
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs per image (torch flop_counter, multiply-add = 2; log scale)")
+    ax.set_ylabel("macro recall, out of fold (95% bootstrap CI)")
     ax.set_ylim(0, 1.02)
     ax.legend(title="group", fontsize=8)
     ax.grid(alpha=0.3)

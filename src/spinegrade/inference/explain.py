@@ -82,13 +82,14 @@ def write_explanations(
         grader = graders.get(vocab.GROUP_OF_CONDITION[condition])
         if grader is None:
             continue
-        ds = CropDataset(crops[i : i + 1], np.zeros(1, dtype=np.int64), grader.mean, grader.std)
-        x = ds[0][0][None].to(next(grader.models[0].parameters()).device)
+        member = grader.members[0]  # an ensemble is explained by its first backbone
+        ds = CropDataset(crops[i : i + 1], np.zeros(1, dtype=np.int64), member.mean, member.std)
+        x = ds[0][0][None].to(next(member.model.parameters()).device)
         proba = row[list(vocab.SEVERITY_COLUMNS)].to_numpy(dtype=float)
         target = int(np.argmax(proba))
-        cam = grad_cam(grader.models[0], x, target)
+        cam = grad_cam(member.model, x, target)
         title = (
-            f"{row['row_id']}: {vocab.SEVERITIES[target]} p={proba[target]:.2f} ({grader.backbone})"
+            f"{row['row_id']}: {vocab.SEVERITIES[target]} p={proba[target]:.2f} ({member.backbone})"
         )
         picture = explanation_image(crops[i, crops.shape[1] // 2], cam, title)
         path = Path(out_dir) / str(points.loc[i, "study_id"]) / f"{row['row_id']}.png"

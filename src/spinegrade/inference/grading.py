@@ -1,9 +1,11 @@
-"""Grading at prediction time: the backbone compare-backbones chose per group, its fold
-models averaged, applied to crops cut exactly as crop-rois cuts them.
+"""Grading at prediction time: the model compare-backbones chose per group (a backbone, or
+the ensemble of all of them), each fold model calibrated by its own temperature, applied to
+crops cut exactly as crop-rois cuts them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,32 +24,48 @@ from spinegrade.data.crops import crop_25d
 from spinegrade.inference.studies import StudyVolumes
 from spinegrade.models.backbones import create_backbone, input_normalization, predict_proba
 from spinegrade.models.inputs import CropDataset
+from spinegrade.scoring.calibration import apply_temperature
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class Member:
+    """One fold model of one backbone, with its temperature and input normalisation."""
+
+    backbone: str
+    model: nn.Module
+    temperature: float = 1.0
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
 class Grader:
-    """One group's chosen backbone: its fold models (probabilities are averaged)."""
+    """One group's chosen model: its members' calibrated probabilities are averaged over the
+    fold models of each backbone, then over the backbones (one backbone, or the ensemble)."""
 
     group: str
-    backbone: str
-    models: list[nn.Module]
-    mean: float | None
-    std: float | None
+    backbone: str  # a timm name, or "ensemble"
+    members: list[Member]
     precision: str = "fp32"  # engine.precision: autocast of the models
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        """(N, k, S, S) uint8 crops -> (N, 3) probabilities."""
+        """(N, k, S, S) uint8 crops -> (N, 3) calibrated probabilities."""
         if not len(crops):
             return np.zeros((0, 3))
-        ds = CropDataset(crops, np.zeros(len(crops), dtype=np.int64), self.mean, self.std)
-        return np.mean([predict_proba(m, ds, 64, self.precision) for m in self.models], axis=0)
+        per_backbone: dict[str, list[np.ndarray]] = {}
+        labels = np.zeros(len(crops), dtype=np.int64)
+        for m in self.members:
+            ds = CropDataset(crops, labels, m.mean, m.std)
+            p = apply_temperature(predict_proba(m.model, ds, 64, self.precision), m.temperature)
+            per_backbone.setdefault(m.backbone, []).append(p)
+        return np.mean([np.mean(ps, axis=0) for ps in per_backbone.values()], axis=0)
 
 
 def select_backbones(comparison: dict, groups: list[str]) -> dict[str, str]:
-    """Per group, the backbone with the lowest rsna group term in compare-backbones.json
-    (keys ``{group}.{backbone}``)."""
+    """Per group, the model (a backbone or ``ensemble``) with the lowest out-of-fold rsna
+    group term in compare-backbones.json (keys ``{group}.{model}``)."""
     out = {}
     for group in groups:
         scored = {
@@ -69,28 +87,63 @@ def load_graders(
     dev: torch.device | None = None,
     precision: str = "fp32",
 ) -> dict[str, Grader]:
-    """Rebuild each selected backbone from ``{models}/{group}/{backbone}/fold*.safetensors``
-    on ``dev`` (default: the CPU), to run under ``precision``'s autocast."""
+    """Rebuild each selected model from ``{models}/{group}/{backbone}/fold*.safetensors``
+    (``ensemble``: every trained backbone of the group) with each fold's temperature from
+    its metrics.json, on ``dev`` (default: the CPU), to run under ``precision``'s autocast."""
+    directories = {
+        group: {
+            b: Path(models_dir) / group / b
+            for b in (list(train.backbones) if choice == vocab.ENSEMBLE else [choice])
+        }
+        for group, choice in selection.items()
+    }
+    return graders_from_directories(directories, selection, train, crop, dev, precision)
+
+
+def graders_from_directories(
+    directories: dict[str, dict[str, Path]],
+    selection: dict[str, str],
+    train: TrainConfig,
+    crop: CropConfig,
+    dev: torch.device | None = None,
+    precision: str = "fp32",
+) -> dict[str, Grader]:
+    """Graders from group -> backbone -> a directory of ``fold*.safetensors`` and
+    ``metrics.json`` (a training output, or a registered model version's files)."""
     dev = dev or device("cpu")
     graders = {}
-    for group, backbone in selection.items():
-        directory = Path(models_dir) / group / backbone
-        files = sorted(directory.glob("fold*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no trained weights (fold*.safetensors) in {directory}")
-        models = []
-        for f in files:
-            model = create_backbone(
-                backbone, crop.slices, crop.size_px, train.recipe(backbone).model_kwargs
-            )
-            model.load_state_dict(load_file(str(f)))
-            models.append(model.to(dev).eval())
-        mean, std = (None, None)
-        if train.training.normalize == "model":
-            mean, std = input_normalization(models[0])
-        graders[group] = Grader(group, backbone, models, mean, std, precision)
-        log.info("%s: grading with %s (%d fold model(s))", group, backbone, len(models))
+    for group, dirs in directories.items():
+        members = [m for b, d in dirs.items() for m in _members(Path(d), b, train, crop)]
+        for m in members:
+            m.model.to(dev)
+        graders[group] = Grader(group, selection[group], members, precision)
+        log.info("%s: grading with %s (%d fold model(s))", group, selection[group], len(members))
     return graders
+
+
+def _members(directory: Path, backbone: str, train: TrainConfig, crop: CropConfig) -> list[Member]:
+    files = sorted(directory.glob("fold*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no trained weights (fold*.safetensors) in {directory}")
+    metrics_path = directory / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path}: the fold models' temperatures are missing")
+    folds = json.loads(metrics_path.read_text())["folds"]
+    out = []
+    for f in files:
+        fold = f.name.removesuffix(".safetensors")
+        if fold not in folds or "temperature" not in folds[fold]:
+            raise DataError(f"{metrics_path}: no temperature for {fold} (retrain the model)")
+        model = create_backbone(
+            backbone, crop.slices, crop.size_px, train.recipe(backbone).model_kwargs
+        )
+        model.load_state_dict(load_file(str(f)))
+        model.eval()
+        mean, std = (
+            input_normalization(model) if train.training.normalize == "model" else (None, None)
+        )
+        out.append(Member(backbone, model, float(folds[fold]["temperature"]), mean, std))
+    return out
 
 
 def crop_points(vols: StudyVolumes, points: pd.DataFrame, crop: CropConfig) -> np.ndarray:

@@ -3,7 +3,8 @@
 Per study: read each listed series (DICOM, sorted into stacks as convert-dicom does),
 find the level points with the per-series-type localizers (axial level slices by
 projecting the sagittal level points through the geometry), cut the same 2.5D crops as
-crop-rois around them, grade them with the backbone compare-backbones chose per group,
+crop-rois around them, grade them with the model compare-backbones chose per group
+(a backbone or the ensemble, its probabilities calibrated by the fitted temperatures),
 and write the sample_submission format: 25 rows per study, study by study, conditions
 and levels in vocab order, probabilities summing to 1. A row that cannot be graded (a
 series type missing or unreadable, a level no axial slice reaches) gets its column's
@@ -23,7 +24,13 @@ from tqdm import tqdm
 from spinegrade.core import runtime, vocab
 from spinegrade.core.config import CropConfig, EngineConfig, TrainConfig
 from spinegrade.inference.explain import write_explanations
-from spinegrade.inference.grading import Grader, grade_points, load_graders, select_backbones
+from spinegrade.inference.grading import (
+    Grader,
+    grade_points,
+    graders_from_directories,
+    load_graders,
+    select_backbones,
+)
 from spinegrade.inference.localize import (
     POINT_COLUMNS,
     Localizer,
@@ -31,7 +38,7 @@ from spinegrade.inference.localize import (
     points_from_coordinates,
 )
 from spinegrade.inference.studies import read_study
-from spinegrade.scoring.metrics import class_prior_submission, solution_from_labels, submission_rows
+from spinegrade.scoring.metrics import fill_submission, solution_from_labels
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,7 @@ def load_bundle(
     train: TrainConfig,
     crop: CropConfig,
     engine: EngineConfig,
+    registered: dict[str, tuple[dict, Path]] | None = None,
 ) -> Bundle:
     """Graders chosen by compare-backbones, the three localizers, and the class prior.
 
@@ -66,17 +74,28 @@ def load_bundle(
         train: train-per-condition params the graders were trained with (recipes).
         crop: crop-rois params their crops were cut with.
         engine: the device and precision to run them in (engine.device, engine.precision).
+        registered: group -> (manifest, directory) of a registered model version
+            (tracking.registry.download_choice); then the graders come from there, and
+            ``models_dir`` and ``comparison_path`` are not read.
     """
     dev = runtime.device(engine.device)
     runtime.check_precision(dev, engine.precision)
     precision = runtime.resolve_precision(dev, engine.precision)
-    comparison_path = Path(comparison_path)
-    if not comparison_path.is_file():
-        raise FileNotFoundError(
-            f"{comparison_path}: no compare-backbones report (run `dvc repro` first)"
-        )
-    selection = select_backbones(json.loads(comparison_path.read_text()), list(vocab.GROUPS))
-    graders = load_graders(models_dir, selection, train, crop, dev, precision)
+    if registered is not None:
+        selection = {g: manifest["model"] for g, (manifest, _) in registered.items()}
+        directories = {
+            g: {b: path / b for b in manifest["backbones"]}
+            for g, (manifest, path) in registered.items()
+        }
+        graders = graders_from_directories(directories, selection, train, crop, dev, precision)
+    else:
+        comparison_path = Path(comparison_path)
+        if not comparison_path.is_file():
+            raise FileNotFoundError(
+                f"{comparison_path}: no compare-backbones report (run `dvc repro` first)"
+            )
+        selection = select_backbones(json.loads(comparison_path.read_text()), list(vocab.GROUPS))
+        graders = load_graders(models_dir, selection, train, crop, dev, precision)
     localizers = {
         slug: Localizer.load(Path(localizers_dir) / slug, dev) for slug in vocab.SERIES_FROM_SLUG
     }
@@ -141,14 +160,13 @@ def predict_studies(
             if explain_dir is not None and key == "localized":
                 write_explanations(explain_dir, graded, crops, pts, bundle.graders)
             found[key].append((graded, pts))
-    prior = class_prior_submission(bundle.prior_solution, study_ids)
 
     def result(key: str) -> PredictResult:
         graded = pd.concat(
             [g for g, _ in found[key]] or [pd.DataFrame(columns=list(vocab.SUBMISSION_HEADER))]
         )
         points = pd.concat([p for _, p in found[key]] or [pd.DataFrame(columns=POINT_COLUMNS)])
-        submission = submission_rows(study_ids, graded, prior)
+        submission = fill_submission(graded, study_ids, bundle.prior_solution)
         n_prior = len(submission) - int(submission["row_id"].isin(graded["row_id"]).sum())
         if n_prior:
             log.info("%s: %d of %d rows took the class prior", key, n_prior, len(submission))

@@ -441,3 +441,12 @@ def submission_rows(
 
 
 log = logging.getLogger(__name__)
+
+
+def fill_submission(
+    graded: pd.DataFrame, studies: list[int], prior_solution: pd.DataFrame
+) -> pd.DataFrame:
+    """25 rows per study: ``graded``'s probabilities where it has the row, else the class
+    prior of ``prior_solution`` (the labels of training studies only). evaluate and predict
+    both build their submissions here, so the same probabilities score the same."""
+    return submission_rows(studies, graded, class_prior_submission(prior_solution, studies))

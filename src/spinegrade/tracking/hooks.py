@@ -4,10 +4,12 @@ training run logs about the machine it ran on."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import pandas as pd
 import timm
 import torch
 from torch import nn
@@ -43,12 +45,14 @@ class MlflowFoldHooks(FoldHooks):
         example_shape: tuple[int, ...],
         runtime: Runtime | None = None,
         system_metrics_s: float = 5.0,
+        inputs: list[tuple[pd.DataFrame, str, str]] | None = None,
     ) -> None:
         self.experiment_id, self.parent_id = experiment_id, parent_id
         self.group, self.backbone = group, backbone
         self.params, self.tags, self.log_model = flatten(params), tags, log_model
         self.example_shape = example_shape  # (2, k, S, S): a batch the model is traced on
         self.runtime = runtime
+        self.inputs = inputs or []  # (table, source path, name): the Dataset column
         start_system_metrics(system_metrics_s)
 
     def start(self, fold: int) -> None:
@@ -66,6 +70,11 @@ class MlflowFoldHooks(FoldHooks):
             log_system_metrics=True,
         )
         mlflow.log_params({**self.params, "fold": fold})
+        for frame, source, name in self.inputs:
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a path
+                warnings.filterwarnings("ignore", "The specified dataset source")
+                data = mlflow.data.from_pandas(frame, source=source, name=name)
+            mlflow.log_input(data, context="training")
         if self.runtime is not None:
             log_runtime(self.runtime)
 

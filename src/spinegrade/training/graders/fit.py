@@ -1,8 +1,11 @@
 """Training one (condition group, backbone) on study-level folds, with out-of-fold output.
 
-Crops come in as ``(N, k, S, S) uint8`` (k slices as channels). Per fold: train on the
-other folds' studies, validate on this fold's, stop early on validation loss, keep the best
-epoch, and predict the fold's crops with it (the out-of-fold probabilities).
+Crops come in as ``(N, k, S, S) uint8`` (k slices as channels). Per scored (outer) fold k,
+the next fold in the cycle (k + 1 mod n) is the inner validation fold, and the remaining
+folds are trained on. The inner fold's studies make every choice: early stopping and the
+best epoch on its validation loss, then the temperature that calibrates the probabilities
+(scoring.calibration). Only then is fold k predicted, once: its out-of-fold probabilities,
+raw and calibrated, are scored by evaluate and never chose anything.
 The validation loss is the official metric's per-group term: cross-entropy weighted 1/2/4.
 """
 
@@ -25,8 +28,10 @@ from spinegrade.models.backbones import (
     create_backbone,
     input_normalization,
     model_flops,
+    predict_proba,
 )
 from spinegrade.models.inputs import CropDataset
+from spinegrade.scoring.calibration import apply_temperature, fit_temperature
 from spinegrade.scoring.metrics import classification_metrics
 from spinegrade.training.engine.augment import build_augmentation
 from spinegrade.training.engine.loop import Batch, LoopSettings, fit
@@ -35,6 +40,18 @@ from spinegrade.training.graders.losses import make_loss, metric_loss
 log = logging.getLogger(__name__)
 
 OOF_KEYS = ["study_id", "condition", "level", "side", "label"]  # crop index columns kept in oof
+RAW_COLUMNS = list(vocab.RAW_SEVERITY_COLUMNS)  # before temperature scaling
+
+
+def inner_fold(fold: int, folds: list[int]) -> int:
+    """The inner validation fold of outer fold ``fold``: the next one in ``folds``' cycle."""
+    ordered = sorted(folds)
+    if len(ordered) < 3:
+        raise ValueError(
+            f"an outer fold, an inner validation fold and training folds need >= 3 folds; "
+            f"folds.csv has {ordered} (split-folds.n_folds)"
+        )
+    return ordered[(ordered.index(fold) + 1) % len(ordered)]
 
 
 def oversample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +110,7 @@ class FoldResult:
     """What training one fold produced."""
 
     state_dict: dict
-    oof: np.ndarray  # (n_val, 3) probabilities of the best epoch
+    oof: np.ndarray  # (n_val, 3) probabilities of ``val`` from the best epoch
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
@@ -163,7 +180,8 @@ def train_fold(
 class GroupResult:
     """Everything one (group, backbone) job writes."""
 
-    oof: pd.DataFrame  # index columns + fold + normal_mild, moderate, severe
+    oof: pd.DataFrame  # index columns, fold, calibrated severity columns, RAW_COLUMNS
+    inner: pd.DataFrame  # the same for the inner validation crops, plus inner_fold
     history: pd.DataFrame  # one row per (fold, epoch)
     metrics: dict  # per fold and overall, plus GFLOPs and parameters
     states: dict[int, dict]  # fold -> best state dict
@@ -212,16 +230,21 @@ def train_group_backbone(
         missing = index.loc[fold_of.isna(), "study_id"].unique()[:5].tolist()
         raise ValueError(f"{group}: studies without a fold in folds.csv, e.g. {missing}")
     labels = index["label"].to_numpy()
-    oof_parts, history, per_fold, states = [], [], {}, {}
+    history, per_fold, states = [], {}, {}
     k, size = crops.shape[1], crops.shape[2]
     model_cost = create_backbone(backbone, k, size, recipe.model_kwargs)
     gflops, n_params = model_flops(model_cost, size, k), count_parameters(model_cost)
     del model_cost
+    all_folds = sorted(int(f) for f in folds["fold"].unique())
+    oof_parts, inner_parts = [], []
     for fold in cfg.training.folds:
-        val = (fold_of == fold).to_numpy()
-        if not val.any():
+        inner = inner_fold(fold, all_folds)
+        held, val = (fold_of == fold).to_numpy(), (fold_of == inner).to_numpy()
+        train = ~(held | val)
+        if not held.any() or not val.any():
             raise ValueError(
-                f"{group}: fold {fold} has no crops (folds: {sorted(fold_of.unique())})"
+                f"{group}: fold {fold} or its inner validation fold {inner} has no crops "
+                f"(folds: {sorted(fold_of.unique())})"
             )
         hooks.start(fold)
         try:
@@ -229,36 +252,47 @@ def train_group_backbone(
                 backbone,
                 recipe,
                 cfg.training,
-                Split(crops, labels[~val], np.flatnonzero(~val)),
+                Split(crops, labels[train], np.flatnonzero(train)),
                 Split(crops, labels[val], np.flatnonzero(val)),
                 seed=cfg.training.seed + fold,
                 on_epoch=lambda e, row, f=fold: hooks.epoch(f, e, row),
                 desc=f"{group}-{backbone}-fold{fold}",
                 rt=rt,
             )
+            # every choice is made: now the held-out fold is predicted, once
+            temperature = fit_temperature(res.oof, labels[val])
+            raw = _predict(model, crops, np.flatnonzero(held), cfg.training, rt)
         except BaseException as exc:
             hooks.fail(fold, exc)
             raise
-        m = classification_metrics(labels[val], res.oof)
+        calibrated = apply_temperature(raw, temperature)
+        m = classification_metrics(labels[held], calibrated)
         summary = {
             "best_epoch": res.best_epoch,
             "epochs_run": len(res.history),
-            "val_loss": metric_loss(res.oof, labels[val]),
+            "inner_fold": inner,
+            "temperature": temperature,
+            "val_loss": metric_loss(res.oof, labels[val]),  # inner fold, the best epoch
+            "oof_loss_raw": metric_loss(raw, labels[held]),
+            "oof_loss": metric_loss(calibrated, labels[held]),
             "accuracy": m["accuracy"],
             "macro_recall": m["macro_recall"],
             "macro_precision": m["macro_precision"],
             "macro_f1": m["macro_f1"],
-            "n_train": int((~val).sum()),
+            "n_train": int(train.sum()),
             "n_val": int(val.sum()),
+            "n_oof": int(held.sum()),
         }
         per_fold[f"fold{fold}"] = summary  # no wall-clock time here: outputs stay reproducible
         cost = {"gflops": gflops, "params": n_params, "seconds": res.seconds, **res.speed}
         hooks.end(fold, model, {**summary, **cost}, m["confusion"])
         states[fold] = res.state_dict
-        part = index.loc[val, OOF_KEYS].copy()
-        part["fold"] = fold
-        part[list(vocab.SEVERITY_COLUMNS)] = res.oof
-        oof_parts.append(part)
+        oof_parts.append(_table(index, held, fold, calibrated, raw))
+        inner_parts.append(
+            _table(index, val, fold, apply_temperature(res.oof, temperature), res.oof).assign(
+                inner_fold=inner
+            )
+        )
         history += [{"fold": fold, **row} for row in res.history]
     oof = pd.concat(oof_parts, ignore_index=True)
     overall = classification_metrics(
@@ -276,4 +310,25 @@ def train_group_backbone(
             key: overall[key] for key in ("accuracy", "macro_recall", "macro_precision", "macro_f1")
         },
     }
-    return GroupResult(oof, pd.DataFrame(history), metrics, states)
+    inner_table = pd.concat(inner_parts, ignore_index=True)
+    return GroupResult(oof, inner_table, pd.DataFrame(history), metrics, states)
+
+
+def _predict(
+    model: nn.Module, crops: np.ndarray, rows: np.ndarray, cfg: TrainingConfig, rt: Runtime | None
+) -> np.ndarray:
+    """(len(rows), 3) probabilities of crops ``rows``, normalised as in training."""
+    mean, std = input_normalization(model) if cfg.normalize == "model" else (None, None)
+    ds = CropDataset(crops, np.zeros(len(rows), dtype=np.int64), mean, std, rows=rows)
+    return predict_proba(model, ds, cfg.batch_size, rt.precision if rt else "fp32")
+
+
+def _table(
+    index: pd.DataFrame, rows: np.ndarray, fold: int, calibrated: np.ndarray, raw: np.ndarray
+) -> pd.DataFrame:
+    """Index columns of crops ``rows`` (a mask), the outer fold, and both probabilities."""
+    part = index.loc[rows, OOF_KEYS].copy()
+    part["fold"] = fold
+    part[list(vocab.SEVERITY_COLUMNS)] = calibrated
+    part[RAW_COLUMNS] = raw
+    return part

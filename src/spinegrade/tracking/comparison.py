@@ -1,0 +1,140 @@
+"""The comparison as MLflow runs: one top-level run per (group, model), in its own experiment.
+
+The pipeline's experiment nests every fold run under one parent run, which the MLflow UI
+shows collapsed, with no metrics of its own. The comparison experiment
+(``{experiment}-comparison``) holds instead one flat run per row of compare-backbones'
+table, named ``{group} / {model}``, with the headline numbers as metrics (rsna group term,
+macro recall, macro F1, GFLOPs, recall per GFLOP, their intervals and the calibration
+error), the verdict and the pipeline run as tags, and the out-of-fold table it was scored
+on as an MLflow dataset input (the Dataset column). ``make ui`` opens this experiment, so a
+newcomer sees the table and its charts with no clicks.
+
+Runs are created so the UI's default order (newest first) lists the backbones' rows group by
+group, best first, then the ensemble's: the chart view draws the first 10 runs until told
+otherwise, which are then the nine (group, backbone) rows and one ensemble. A pipeline run
+logs its rows once: running compare-backbones again for the same pipeline (commit, data,
+params) updates those rows instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import mlflow
+import pandas as pd
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+from spinegrade.core import vocab
+from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG, setup
+
+log = logging.getLogger(__name__)
+
+# the headline numbers, one chart each in the UI's chart view (six fit on one screen)
+METRICS = ("rsna_group_term", "macro_recall", "macro_f1", "ece", "gflops", "recall_per_gflop")
+# intervals and the rest, as params (text, shown in the table's columns)
+INTERVALS = ("rsna_group_term", "macro_recall", "macro_f1", "rsna_score")
+ROLE = "comparison"
+CHART_VIEW = "?compareRunsMode=CHART"  # the UI's route parameter for the chart view
+
+
+def comparison_experiment(experiment: str) -> str:
+    """The name of the comparison experiment beside pipeline experiment ``experiment``."""
+    return f"{experiment}-comparison"
+
+
+def run_name(group: str, model: str) -> str:
+    return f"{group} / {model}"
+
+
+def log_comparison(
+    experiment: str,
+    pipeline: str,
+    table: pd.DataFrame,
+    datasets: dict[tuple[str, str], tuple[pd.DataFrame, str]],
+    tags: dict[str, str],
+) -> dict[tuple[str, str], str]:
+    """Log one run per row of ``table`` (compare-backbones' rows, in display order).
+
+    Args:
+        experiment: the pipeline's experiment name (the comparison's is derived from it).
+        pipeline: the pipeline run's parent run id (rows of one pipeline run are updated,
+            not repeated, when the stage runs again).
+        table: compare-backbones' table (model, group, verdict, METRICS, the intervals).
+        datasets: (group, model) -> (the out-of-fold table it was scored on, its path).
+        tags: provenance tags (git commit, DVC hashes) for every run.
+
+    Returns:
+        (group, model) -> the row's run id.
+    """
+    experiment_id = setup(comparison_experiment(experiment))
+    client = MlflowClient()
+    found = {
+        (r.data.tags.get("group"), r.data.tags.get("model")): r.info.run_id
+        for r in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline}'"
+        )
+    }
+    ensemble = table["model"] == vocab.ENSEMBLE
+    table = pd.concat([table[~ensemble], table[ensemble]], ignore_index=True)
+    # newest first in the UI: create the last row first
+    now = int(time.time() * 1000)
+    ids = {}
+    for i, row in reversed(list(enumerate(table.itertuples(index=False)))):
+        key = (row.group, row.model)
+        run_tags = {
+            **tags,
+            PIPELINE_TAG: pipeline,
+            ROLE_TAG: ROLE,
+            "group": row.group,
+            "model": row.model,
+            "verdict": row.verdict,
+        }
+        run_id = found.get(key)
+        ids[key] = run_id
+        if run_id is None:
+            run_id = client.create_run(
+                experiment_id,
+                start_time=now + (len(table) - i),
+                tags=run_tags,
+                run_name=run_name(*key),
+            ).info.run_id
+            ids[key] = run_id
+            log_params = True
+        else:
+            for k, v in run_tags.items():
+                client.set_tag(run_id, k, v)
+            log_params = False
+        # the client, not mlflow.start_run: the stage's own run is the active one
+        stamp = now + (len(table) - i)
+        metrics = [Metric(m, float(getattr(row, m)), stamp, 0) for m in METRICS]
+        params = []
+        if log_params:
+            ci = {
+                f"{k}_ci": f"[{getattr(row, f'{k}_low'):.3f}, {getattr(row, f'{k}_high'):.3f}]"
+                for k in INTERVALS
+            }
+            values = {
+                "group": row.group,
+                "model": row.model,
+                "verdict": row.verdict,
+                "rsna_score": f"{row.rsna_score:.3f}",
+                "params_m": f"{row.params_m:.1f}",
+                **ci,
+            }
+            params = [Param(k, str(v)) for k, v in values.items()]
+            frame, source = datasets[key]
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a path
+                warnings.filterwarnings("ignore", "The specified dataset source")
+                data = mlflow.data.from_pandas(
+                    frame, source=source, name=f"{row.group} out of fold", targets="label"
+                )
+            context = InputTag(MLFLOW_DATASET_CONTEXT, "evaluation")
+            client.log_inputs(run_id, [DatasetInput(data._to_mlflow_entity(), [context])])
+        client.log_batch(run_id, metrics=metrics, params=params)
+        client.set_terminated(run_id, end_time=stamp + 1)
+    log.info("comparison: %d runs in MLflow experiment %s", len(table), experiment_id)
+    return ids

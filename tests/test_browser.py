@@ -1,0 +1,127 @@
+"""The comparison in the MLflow UI, rendered by a real browser (Debian's chromium, headless).
+
+A workspace store gets compare-backbones' MLflow rows (tracking.comparison, as the stage
+logs them), ``spinegrade.cli.ui`` serves it as ``make ui`` does, and chromium, driven by
+Playwright, opens the first link the UI prints (the chart view: ``compareRunsMode=CHART``).
+With no click, it must show one row per (group, model), the three backbones' names, a
+chart per headline metric and a metric value. ``make test`` installs chromium (apt-get, as
+root) or stops with a message saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import free_port, wait_for_output
+from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
+
+from spinegrade.core import vocab
+from spinegrade.evaluation.compare import COLUMNS
+from spinegrade.tracking import store as tracking
+from spinegrade.tracking.comparison import comparison_experiment, log_comparison
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+BACKBONES = ["resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224"]
+LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*)\s")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _table() -> pd.DataFrame:
+    rows = []
+    for g in vocab.GROUPS:
+        for i, m in enumerate([*BACKBONES, vocab.ENSEMBLE]):
+            row = {c: 0.5 + 0.01 * i for c in COLUMNS}
+            row.update(group=g, model=m, verdict="best" if i == 0 else "not distinguishable")
+            if (g, m) == ("spinal", "resnet50"):
+                row["rsna_group_term"] = 0.4321  # a value to find in the chart's bar labels
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def comparison_store(tmp_path, monkeypatch) -> Path:
+    """A workspace whose store holds the comparison runs of one pipeline run."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text("mlflow:\n  experiment: browser-test\n")
+    monkeypatch.chdir(ws)
+    tracking.setup("browser-test", ws)
+    oof = pd.DataFrame({"study_id": [1, 2], "label": [0, 2]})
+    table = _table()
+    datasets = {
+        (r.group, r.model): (oof, f"models/{r.group}/{r.model}/oof.csv") for r in table.itertuples()
+    }
+    log_comparison("browser-test", "pipeline-1", table, datasets, {"git_commit": "abc"})
+    return ws
+
+
+def test_the_comparison_shows_in_the_mlflow_ui_without_a_click(comparison_store, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            "chromium is not installed: `apt-get install chromium` (make test does it as root)"
+        )
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    log = tmp_path / "ui.log"
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spinegrade.cli.ui", "--port", str(port)],
+            cwd=comparison_store,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        link = wait_for_output(proc, log, LINK, 120.0).group(1)
+        experiment = mlflow.get_experiment_by_name(comparison_experiment("browser-test"))
+        assert f"/experiments/{experiment.experiment_id}/runs" in link  # the first link
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(link)
+            page.get_by_text("spinal / resnet50").first.wait_for(timeout=60_000)
+            try:  # the charts draw after the table: wait for a bar's value label
+                page.wait_for_function("document.body.innerText.includes('0.43')", timeout=60_000)
+            except PlaywrightTimeout:
+                pass  # the assertion below says what is missing
+            text = page.inner_text("body")
+            shot = os.environ.get("SPINEGRADE_SCREENSHOT")
+            if shot:
+                page.screenshot(path=shot, full_page=False)
+            for b in BACKBONES:
+                for g in vocab.GROUPS:
+                    assert f"{g} / {b}" in text, f"no row for {g} / {b}"
+            for metric in ("rsna_group_term", "macro_recall", "macro_f1", "recall_per_gflop"):
+                assert metric in text, f"no chart of {metric}"
+            assert "0.43" in text, "the rsna group term's value is not shown"
+            browser.close()
+        assert not errors, errors
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
