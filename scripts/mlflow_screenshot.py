@@ -1,0 +1,91 @@
+"""Screenshot of the comparison in the MLflow UI, for the README (docs/mlflow-comparison.png).
+
+Starts the UI on this workspace's store exactly as ``make ui`` does (``spinegrade.cli.ui``,
+its own process group, stopped at the end), opens the first link it prints (the comparison
+experiment's chart view) in Debian's chromium, headless, driven by Playwright, waits until
+the charts have drawn, and saves a PNG. Run after ``dvc repro``:
+
+    .venv/bin/python scripts/mlflow_screenshot.py [--out docs/mlflow-comparison.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*)\s")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--out", default="docs/mlflow-comparison.png", help="PNG to write")
+    parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--height", type=int, default=1000)
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "ui.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "spinegrade.cli.ui", "--port", str(free_port())],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 120
+            while not (m := LINK.search(log.read_text())):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    print(log.read_text(), file=sys.stderr)
+                    return 1
+                time.sleep(0.3)
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+                )
+                page = browser.new_page(viewport={"width": args.width, "height": args.height})
+                page.goto(m.group(1))
+                page.get_by_text(" / ").first.wait_for(timeout=60_000)
+                close = page.get_by_role("button", name="Close")  # the assistant side panel
+                if close.count():
+                    close.first.click()
+                page.wait_for_function(
+                    "document.querySelectorAll('svg text').length > 40", timeout=60_000
+                )
+                time.sleep(2)  # the last chart's transition
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=args.out)
+                browser.close()
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
