@@ -6,7 +6,8 @@ score, each with its study-level bootstrap interval, GFLOPs per image (torch flo
 at the crops' size and channel count, multiply-add = 2 FLOPs), parameters, recall per
 GFLOP, and a verdict against the group's best model (best / worse / not distinguishable,
 by the paired bootstrap). Writes CSV and Markdown tables, a pairwise CSV, a DVC metric
-(which predict reads to choose each group's model), and a recall-vs-GFLOPs plot, and logs
+(which predict reads to choose each group's model), the choice per group (--choice, a
+cached DVC output, so a fresh clone runs this stage too), and a recall-vs-GFLOPs plot, and logs
 them all as artifacts of MLflow run "compare-backbones", next to the pipeline's fold runs
 listed with mlflow.search_runs. In MLflow too: one run per table row in experiment
 "{experiment}-comparison" (the view `make ui` opens), and each group's best model registered
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", default="data/crops", help="crops (for run provenance only)")
     parser.add_argument("--folds", default="data/folds.csv", help="folds (for run provenance only)")
     parser.add_argument("--out", default="reports/compare-backbones", help="output path stem")
+    parser.add_argument(
+        "--choice",
+        default="data/compare-backbones/choice.json",
+        help="the model chosen per group and its rsna group term (a cached DVC output)",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -70,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             {
                 f"{r.group}.{r.model}": {k: getattr(r, k) for k in table.columns[2:]}
                 for r in table.itertuples()
+            },
+        )
+        best = table[table["verdict"] == "best"]
+        write_json(
+            args.choice,
+            {
+                r.group: {"model": r.model, "rsna_group_term": r.rsna_group_term}
+                for r in best.itertuples()
             },
         )
         fig = recall_gflops_figure(table)
@@ -110,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
                 datasets,
                 {k: v for k, v in active.data.tags.items() if k.startswith(("dvc.", "git_"))},
             )
-            for best in table[table["verdict"] == "best"].itertuples():
-                members = cfg.backbones if best.model == vocab.ENSEMBLE else [best.model]
+            for r in best.itertuples():
+                members = cfg.backbones if r.model == vocab.ENSEMBLE else [r.model]
                 register_choice(
                     params.mlflow.experiment,
-                    run_ids[(best.group, best.model)],
-                    best.group,
-                    best.model,
-                    {b: Path(args.models) / best.group / b for b in members},
+                    run_ids[(r.group, r.model)],
+                    r.group,
+                    r.model,
+                    {b: Path(args.models) / r.group / b for b in members},
                 )
             runs = mlflow.search_runs(
                 [experiment],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import dvc_workspace, run_dvc
+from conftest import REPO, dvc_workspace, run_dvc
 from mlflow.tracking import MlflowClient
 
 from spinegrade.core import vocab
@@ -225,3 +225,23 @@ def test_comparison_runs_and_the_registered_choice(pipeline):
         best = table[(table["group"] == group) & (table["verdict"] == "best")]["model"].item()
         version = client.get_model_version_by_alias(f"{name}-{group}", "champion")
         assert version.tags["model"] == best
+    choice = json.loads((pipeline / "data" / "compare-backbones" / "choice.json").read_text())
+    assert {g: c["model"] for g, c in choice.items()} == {
+        g: client.get_model_version_by_alias(f"{name}-{g}", "champion").tags["model"]
+        for g in p["groups"]
+    }
+
+
+def test_every_stage_that_logs_to_mlflow_runs_in_a_fresh_clone():
+    """A stage whose outputs are all committed (cache: false) is up to date in a fresh
+    clone, so `dvc repro` would skip it and its MLflow runs would never reach the clone's
+    store: every stage that logs to MLflow needs one cached output."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        if "mlflow" not in stage.get("params", []):
+            continue
+        outs = [o for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
+        cached = [
+            o for o in outs if isinstance(o, str) or next(iter(o.values())).get("cache", True)
+        ]
+        assert cached, f"stage {name} logs to MLflow but has no cached output"
