@@ -237,7 +237,9 @@ def test_evaluate_and_predict_score_the_same_probabilities_alike():
         got = evaluate(labels, folds, oof_half, list(vocab.GROUPS), [b], settings).report
         assert got["backbones"][b]["rsna"] == pytest.approx(expected, rel=1e-12)
     # the baseline is the training studies' prior too, never the scored studies' own
-    prior_only = fill_submission(pd.DataFrame(columns=["row_id"]), scored, training)
+    prior_only = fill_submission(
+        pd.DataFrame(columns=list(vocab.SUBMISSION_HEADER)), scored, training
+    )
     expected = rsna_score(solution[solution["study_id"].isin(scored)], prior_only)
     assert report["class_prior_baseline"] == pytest.approx(expected, rel=1e-12)
 
