@@ -18,6 +18,7 @@ from spinegrade.scoring.metrics import (
     TERMS,
     class_prior_submission,
     classification_metrics,
+    row_losses,
     rsna_score,
     solution_from_wide,
 )
@@ -245,6 +246,22 @@ def test_group_terms_match_sklearn_log_loss(three_studies):
             sol["target"][rows], proba[rows], sample_weight=sol["weight"][rows], labels=[0, 1, 2]
         )
         assert result[group] == pytest.approx(ref, rel=1e-9)
+
+
+def test_row_losses_add_up_to_the_group_terms(three_studies):
+    """Each row's cost (the review page's loss column) sums, per group, to the term."""
+    sol = solution_from_wide(three_studies)
+    proba = np.random.default_rng(1).dirichlet([1.0, 1.0, 1.0], size=len(sol))
+    sub = submission(dict(zip(sol["row_id"], map(tuple, proba), strict=True)))
+    rows = row_losses(sol, sub.iloc[::-1])  # aligned by row_id, not by position
+    assert list(rows.index) == list(sol["row_id"])
+    expected = -sol["weight"].to_numpy() * np.log(proba[np.arange(len(sol)), sol["target"]])
+    np.testing.assert_allclose(rows["wnll"], expected, rtol=1e-12)
+    score = rsna_score(sol, sub)
+    for group, part in rows.groupby("group"):
+        assert part["wnll"].sum() / part["weight"].sum() == pytest.approx(score[group], rel=1e-12)
+    with pytest.raises(DataError, match="no prediction"):
+        row_losses(sol, sub.iloc[1:])
 
 
 def test_missing_labels_are_not_scored():

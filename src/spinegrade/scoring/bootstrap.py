@@ -20,7 +20,7 @@ import pandas as pd
 
 from spinegrade.core import vocab
 from spinegrade.core.errors import DataError
-from spinegrade.scoring.metrics import ANY_SEVERE_GROUP, EPS, TERMS, rsna_score
+from spinegrade.scoring.metrics import ANY_SEVERE_GROUP, EPS, TERMS, row_losses
 
 
 def resample_counts(n_studies: int, resamples: int, seed: int) -> np.ndarray:
@@ -62,34 +62,21 @@ def rsna_study_sums(
     (tested); studies without rows of a term contribute 0 / 0.
     """
     scored = solution[solution["study_id"].isin(studies)]
-    rsna_score(scored, submission)  # validates both tables with its error messages
-    values = submission.set_index("row_id").loc[scored["row_id"], list(vocab.SEVERITY_COLUMNS)]
-    p = np.clip(values.to_numpy(dtype=np.float64), EPS, 1.0 - EPS)
-    p = p / p.sum(axis=1, keepdims=True)
-    target = scored["target"].to_numpy(dtype=np.int64)
-    weight = scored["weight"].to_numpy(dtype=np.float64)
-    rows = pd.DataFrame(
-        {
-            "study_id": scored["study_id"].to_numpy(),
-            "group": scored["group"].to_numpy(),
-            "wnll": weight * -np.log(p[np.arange(len(target)), target]),
-            "w": weight,
-        }
-    )
+    rows = row_losses(scored, submission)  # validates both tables with its error messages
     order = np.asarray(studies)
     out = {}
     for term in vocab.GROUPS:
-        part = rows[rows["group"] == term].groupby("study_id")[["wnll", "w"]].sum()
+        part = rows[rows["group"] == term].groupby("study_id")[["wnll", "weight"]].sum()
         part = part.reindex(order, fill_value=0.0)
-        out[term] = StudySums(order, part["wnll"].to_numpy(), part["w"].to_numpy())
-    spinal = scored["group"].to_numpy() == ANY_SEVERE_GROUP
+        out[term] = StudySums(order, part["wnll"].to_numpy(), part["weight"].to_numpy())
+    spinal = rows[rows["group"] == ANY_SEVERE_GROUP]
     per_study = (
         pd.DataFrame(
             {
-                "study_id": scored["study_id"].to_numpy()[spinal],
-                "t": target[spinal] == 2,
-                "w": weight[spinal],
-                "q": values["severe"].to_numpy(dtype=np.float64)[spinal],
+                "study_id": spinal["study_id"].to_numpy(),
+                "t": spinal["target"].to_numpy() == 2,
+                "w": spinal["weight"].to_numpy(),
+                "q": spinal["severe"].to_numpy(dtype=np.float64),
             }
         )
         .groupby("study_id")
@@ -157,11 +144,11 @@ def score_intervals(solution: pd.DataFrame, submission: pd.DataFrame, settings) 
     studies = sorted(int(s) for s in solution["study_id"].unique())
     sums = rsna_study_sums(solution, submission, studies)
     counts = resample_counts(len(studies), settings.bootstrap_resamples, settings.bootstrap_seed)
-    score = rsna_score(solution, submission)
+    present = {t: s for t, s in sums.items() if s.den.sum() > 0}  # as rsna_score leaves out
     out = {
-        t: interval(score[t], s.resampled(counts), settings.ci_level)
-        for t, s in sums.items()
-        if t in score
+        t: interval(s.estimate(), s.resampled(counts), settings.ci_level)
+        for t, s in present.items()
     }
-    out["score"] = interval(score["score"], rsna_score_samples(sums, counts), settings.ci_level)
+    score = float(np.mean([s.estimate() for s in present.values()]))
+    out["score"] = interval(score, rsna_score_samples(sums, counts), settings.ci_level)
     return out

@@ -224,10 +224,14 @@ def weighted_log_loss(target: np.ndarray, proba: np.ndarray, weight: np.ndarray)
         proba: (N, 3) non-negative scores.
         weight: (N,) sample weights.
     """
+    return float(np.sum(weight * _nll(target, proba)) / np.sum(weight))
+
+
+def _nll(target: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """(N,) -ln p[target], p clipped to [EPS, 1 - EPS] and row-renormalized as the metric does."""
     p = np.clip(proba, EPS, 1.0 - EPS)
     p = p / p.sum(axis=1, keepdims=True)
-    nll = -np.log(p[np.arange(len(target)), target])
-    return float(np.sum(weight * nll) / np.sum(weight))
+    return -np.log(p[np.arange(len(target)), target])
 
 
 def _any_severe_loss(
@@ -248,6 +252,42 @@ def _any_severe_loss(
     q = np.clip(per_study["q"].to_numpy(dtype=np.float64), EPS, 1.0 - EPS)
     nll = -(t * np.log(q) + (1.0 - t) * np.log(1.0 - q))
     return float(np.sum(w * nll) / np.sum(w))
+
+
+def aligned_probabilities(solution: pd.DataFrame, submission: pd.DataFrame) -> np.ndarray:
+    """(N, 3) the submission's scores of each solution row, aligned by row_id, after the
+    checks rsna_score documents (DataError names what is wrong)."""
+    _check_solution(solution)
+    values = _submission_values(submission)
+    ids = solution["row_id"].astype(str)
+    absent = ids[~ids.isin(values.index)]
+    if len(absent):
+        raise DataError(
+            f"{len(absent)} of {len(ids)} scored row_id(s) have no prediction: "
+            f"{_examples(list(absent))}"
+        )
+    return values.loc[ids.to_numpy(), list(vocab.SEVERITY_COLUMNS)].to_numpy()
+
+
+def row_losses(solution: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
+    """Each solution row's cost in its group term: ``wnll`` = weight * -ln p[target] (p
+    clipped and renormalized as the metric does), with study_id, group, target and weight;
+    indexed by row_id, in solution order. A group term is sum(wnll) / sum(weight) over its
+    rows (``rsna_score``)."""
+    proba = aligned_probabilities(solution, submission)
+    target = solution["target"].to_numpy(dtype=np.int64)
+    weight = pd.to_numeric(solution["weight"]).to_numpy(dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "study_id": solution["study_id"].to_numpy(),
+            "group": solution["group"].to_numpy(),
+            "target": target,
+            "weight": weight,
+            "wnll": weight * _nll(target, proba),
+            "severe": proba[:, 2],
+        },
+        index=pd.Index(solution["row_id"].astype(str).to_numpy(), name="row_id"),
+    )
 
 
 def rsna_score(solution: pd.DataFrame, submission: pd.DataFrame) -> dict[str, float]:
@@ -276,16 +316,7 @@ def rsna_score(solution: pd.DataFrame, submission: pd.DataFrame) -> dict[str, fl
             row_ids, missing or extra columns, non-finite or negative values, or an empty or
             malformed solution.
     """
-    _check_solution(solution)
-    values = _submission_values(submission)
-    ids = solution["row_id"].astype(str)
-    absent = ids[~ids.isin(values.index)]
-    if len(absent):
-        raise DataError(
-            f"{len(absent)} of {len(ids)} scored row_id(s) have no prediction: "
-            f"{_examples(list(absent))}"
-        )
-    proba = values.loc[ids.to_numpy(), list(vocab.SEVERITY_COLUMNS)].to_numpy()  # (N, 3)
+    proba = aligned_probabilities(solution, submission)  # (N, 3)
     target = solution["target"].to_numpy(dtype=np.int64)
     weight = pd.to_numeric(solution["weight"]).to_numpy(dtype=np.float64)
     group = solution["group"].to_numpy()
