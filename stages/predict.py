@@ -8,7 +8,9 @@ the official metric next to two references: the same graders cropping at the lab
 coordinates (what localization costs) and the class prior (what learning gains), and
 measures the localizers' point error in mm. Each score gets a study-level bootstrap
 interval (the evaluate params' resamples, seed and level). All of it goes to --report (a
-DVC metric) and to an MLflow run "predict" under the pipeline's parent run.
+DVC metric) and to an MLflow run "predict" under the pipeline's parent run. With
+predict.review, --out/review.html is the review page of every test study (the MLflow run
+holds it too, and the MLflow UI shows it inline).
 """
 
 from __future__ import annotations
@@ -26,11 +28,25 @@ from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
-from spinegrade.evaluation.localization import localization_errors, summarize_localization
-from spinegrade.inference.predict import load_bundle, predict_studies
+from spinegrade.evaluation.localization import summarize_localization
+from spinegrade.inference.localize import localization_errors
+from spinegrade.inference.predict import load_bundle, predict_studies, write_review
 from spinegrade.scoring.bootstrap import score_intervals
 from spinegrade.scoring.metrics import class_prior_submission, rsna_score, solution_from_wide
 from spinegrade.tracking import store as tracking
+
+
+def _summary(report: dict) -> dict[str, str]:
+    """The review page's header lines: the scores with their intervals, the point error."""
+    out = {}
+    for name, ci in report.get("rsna_score_ci", {}).items():
+        s = ci["score"]
+        out[f"rsna score, {name.replace('_', ' ')}"] = (
+            f"{s['estimate']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
+        )
+    if "localization" in report:
+        out["point error, median"] = f"{report['localization']['all']['error_mm_median']:.1f} mm"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 coordinates=pd.read_csv(coordinates) if known else None,
                 on_error=cfg.on_error,
                 explain_dir=tmp / "explain" if cfg.explain else None,
+                review=cfg.review,
             )
             write_csv(tmp / "submission.csv", result.submission)
             write_csv(tmp / "points.csv", result.points)
@@ -104,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                     k: score_intervals(solution, v, params.evaluate) for k, v in submissions.items()
                 }
                 report["localization"] = summarize_localization(errors)
+            if cfg.review:
+                write_review(
+                    tmp / "review.html",
+                    result,
+                    bundle.selection,
+                    solution if known else None,
+                    _summary(report),
+                )
         write_json(args.report, report)
 
         with tracking.child_run(
@@ -119,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_artifact(args.report)
             for name in ("submission.csv", "points.csv", "warnings.txt"):
                 mlflow.log_artifact(str(Path(args.out) / name))
+            if cfg.review:
+                mlflow.log_artifact(str(Path(args.out) / "review.html"))
 
     return run(body)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,21 +23,14 @@ import pytest
 from conftest import free_port, wait_for_output
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
+from spinegrade.cli.browser import CHROMIUM_ARGS, MISSING, chromium_path
 from spinegrade.core import vocab
 from spinegrade.evaluation.compare import COLUMNS
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.comparison import comparison_experiment, log_comparison
 
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 BACKBONES = ["resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224"]
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*)\s")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _table() -> pd.DataFrame:
@@ -74,10 +66,8 @@ def comparison_store(tmp_path, monkeypatch) -> Path:
 
 
 def test_the_comparison_shows_in_the_mlflow_ui_without_a_click(comparison_store, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            "chromium is not installed: `apt-get install chromium` (make test does it as root)"
-        )
+    if not chromium_path().is_file():
+        pytest.fail(MISSING)
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -99,7 +89,7 @@ def test_the_comparison_shows_in_the_mlflow_ui_without_a_click(comparison_store,
         assert f"/experiments/{experiment.experiment_id}/runs" in link  # the first link
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                executable_path=str(chromium_path()), headless=True, args=CHROMIUM_ARGS
             )
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             errors: list[str] = []

@@ -28,10 +28,15 @@ from spinegrade.core.config import CropConfig, LocalizerInput, Recipe, TrainConf
 from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV
 from spinegrade.data.tables import read_series_table
-from spinegrade.evaluation.localization import localization_errors, summarize_localization
-from spinegrade.inference.explain import grad_cam
+from spinegrade.evaluation.localization import summarize_localization
+from spinegrade.inference.explain import cam_layer, grad_cam
 from spinegrade.inference.grading import Grader, Member, load_graders, select_backbones
-from spinegrade.inference.localize import MAX_AXIAL_MM, POINT_COLUMNS, Localizer
+from spinegrade.inference.localize import (
+    MAX_AXIAL_MM,
+    POINT_COLUMNS,
+    Localizer,
+    localization_errors,
+)
 from spinegrade.inference.predict import Bundle, predict_studies
 from spinegrade.models.backbones import create_backbone, predict_proba
 from spinegrade.models.heatmap import HeatmapNet
@@ -431,6 +436,11 @@ def test_grad_cam_of_each_default_backbone(backbone, kwargs):
         assert cam.shape == (48, 48) and np.isfinite(cam).all()
         assert cam.min() >= 0 and cam.max() <= 1
     assert any(cam.max() == pytest.approx(1.0) for cam in cams)
+    # a map with something to show: read from a stage at least 4 x 4 (the last one is
+    # 1 x 1 or 2 x 2 at 48 px, which made every map one flat value)
+    name, _ = cam_layer(model, 48)
+    assert name != model.feature_info[-1]["module"]
+    assert any(cam.std() > 0.05 for cam in cams)
     assert all(p.grad is None for p in model.parameters()), "Grad-CAM left gradients behind"
 
 

@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from spinegrade.core import vocab
 from spinegrade.core.entry import run, setup_logging
-from spinegrade.core.errors import DataError
-from spinegrade.data.tables import read_labels, read_predictions
+from spinegrade.core.errors import ConfigError, DataError
+from spinegrade.data.tables import read_csv_checked, read_labels, read_predictions
 
 SCORE_NAME = "rsna score (weighted log loss, lower is better)"
 
@@ -92,12 +93,42 @@ Registry: per group, the version compare-backbones registered as
 workspace's). The class prior for rows that cannot be graded (a series
 type missing, a level no axial slice reaches) comes from data/ingest/labels.csv. Each
 such case is a warning naming the study; a corrupt DICOM file is a warning naming the file
-(--on-error skip) or an error (--on-error raise)."""
+(--on-error skip) or an error (--on-error raise).
+
+--report writes a review page: one HTML file that opens from disk with no network, with
+every study (worst first when --answers are given), the points found on each series, each
+level's crop with its Grad-CAM and probabilities, and the truth with each row's cost in the
+official metric when --answers (train.csv format) and --coordinates
+(train_label_coordinates.csv format) are given. It shows no DICOM header field other than
+geometry."""
 
 PREDICT_EPILOG = """\
 example:
   spinegrade predict --images data/raw/test_images \\
-      --series data/raw/test_series_descriptions.csv --out submission.csv --explain explain/"""
+      --series data/raw/test_series_descriptions.csv --out submission.csv --explain explain/
+  spinegrade predict --images data/raw/test_images \\
+      --series data/raw/test_series_descriptions.csv --out submission.csv \\
+      --report review.html --answers data/raw/synthetic_test_labels.csv \\
+      --coordinates data/raw/synthetic_test_label_coordinates.csv"""
+
+
+def read_coordinates(path: str | Path):
+    """A train_label_coordinates.csv-format file, ids as int64 and x, y as floats."""
+    df = read_csv_checked(Path(path), vocab.COORDINATES_CSV_HEADER)
+    try:
+        return df.astype(
+            {
+                "study_id": "int64",
+                "series_id": "int64",
+                "instance_number": "int64",
+                "x": float,
+                "y": float,
+            }
+        ).reset_index(drop=True)
+    except ValueError as exc:
+        raise DataError(
+            f"{path}: a study_id, series_id, instance_number, x or y is not a number ({exc})"
+        ) from exc
 
 
 def predict_command(args: argparse.Namespace) -> None:
@@ -109,7 +140,8 @@ def predict_command(args: argparse.Namespace) -> None:
     from spinegrade.core.io import write_csv
     from spinegrade.core.runtime import set_threads
     from spinegrade.data.tables import read_series_table
-    from spinegrade.inference.predict import load_bundle, predict_studies
+    from spinegrade.inference.predict import load_bundle, predict_studies, write_review
+    from spinegrade.scoring.metrics import solution_from_wide
 
     params = load_params(args.params)
     set_threads(params.engine.threads)
@@ -137,12 +169,27 @@ def predict_command(args: argparse.Namespace) -> None:
             params.engine,
             registered,
         )
+    if (args.answers or args.coordinates) and not args.report:
+        raise ConfigError(
+            "--answers and --coordinates are shown on the --report page: add --report"
+        )
+    solution = solution_from_wide(read_labels(args.answers)) if args.answers else None
+    coordinates = read_coordinates(args.coordinates) if args.coordinates else None
     result = predict_studies(
-        args.images, series, bundle, on_error=args.on_error, explain_dir=args.explain
+        args.images,
+        series,
+        bundle,
+        coordinates=coordinates,
+        on_error=args.on_error,
+        explain_dir=args.explain,
+        review=bool(args.report),
     )
     write_csv(args.out, result.submission)
     if args.points:
         write_csv(args.points, result.points)
+    if args.report:
+        page = write_review(args.report, result, bundle.selection, solution)
+        print(f"wrote the review page to {page} ({page.stat().st_size / 1e6:.1f} MB)")
     print(
         f"wrote {len(result.submission)} rows for "
         f"{len(result.submission) // 25} studies to {args.out}"
@@ -187,6 +234,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     pred.add_argument("--out", required=True, metavar="CSV", help="submission to write")
     pred.add_argument("--explain", metavar="DIR", help="write a Grad-CAM PNG per graded level")
     pred.add_argument("--points", metavar="CSV", help="also write the localized points")
+    pred.add_argument(
+        "--report", metavar="HTML", help="write the review page (one self-contained HTML file)"
+    )
+    pred.add_argument(
+        "--answers", metavar="CSV", help="the studies' labels (train.csv format), for --report"
+    )
+    pred.add_argument(
+        "--coordinates",
+        metavar="CSV",
+        help="their labelled points (train_label_coordinates.csv format), for --report",
+    )
     pred.add_argument(
         "--on-error",
         choices=["skip", "raise"],

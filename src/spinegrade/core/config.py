@@ -229,6 +229,9 @@ class TrainingConfig(_Section):
     def _check(self) -> Self:
         if not self.folds:
             raise ConfigError("train-per-condition.training.folds must name at least one fold")
+        twice = sorted({f for f in self.folds if self.folds.count(f) > 1})
+        if twice:
+            raise ConfigError(f"train-per-condition.training.folds names fold(s) {twice} twice")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ConfigError(
                 "train-per-condition.training: epochs, batch_size and patience must be >= 1"
@@ -439,10 +442,13 @@ class PredictConfig(_Section):
     Attributes:
         explain: write a Grad-CAM PNG per graded level under the stage's output.
         on_error: ``skip`` a corrupt file (warning names it) or ``raise`` on it.
+        review: write the review page (review.html: every study's points, crops,
+            Grad-CAMs and probabilities, with the answers when known).
     """
 
     explain: bool = True
     on_error: Literal["raise", "skip"] = "skip"
+    review: bool = True
 
 
 class MlflowConfig(_Section):

@@ -239,3 +239,24 @@ def points_from_coordinates(vols: StudyVolumes, coords: pd.DataFrame) -> pd.Data
                 found.append(_with_world(df, vols.study_id, sid, k, st, "labels"))
                 break
     return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=POINT_COLUMNS)
+
+
+def localization_errors(found: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
+    """Per labelled point that was also found: 3D distance in mm between the two."""
+    keys = ["study_id", "condition", "level"]
+    both = found.merge(labelled, on=keys, suffixes=("", "_true"))
+    d = np.linalg.norm(
+        both[["wx", "wy", "wz"]].to_numpy(float)
+        - both[["wx_true", "wy_true", "wz_true"]].to_numpy(float),
+        axis=1,
+    )
+    return both[keys].assign(
+        group=both["condition"].map(vocab.GROUP_OF_CONDITION),
+        error_mm=d,
+        same_series=both["series_id"] == both["series_id_true"],
+        slice_error=np.where(
+            both["series_id"] == both["series_id_true"],
+            (both["slice"] - both["slice_true"]).abs(),
+            -1,
+        ),
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from spinegrade.core import runtime, vocab
 from spinegrade.core.config import CropConfig, EngineConfig, TrainConfig
-from spinegrade.inference.explain import write_explanations
+from spinegrade.inference.explain import explain_rows, write_explanations
 from spinegrade.inference.grading import (
     Grader,
     grade_points,
@@ -37,6 +37,8 @@ from spinegrade.inference.localize import (
     localize_study,
     points_from_coordinates,
 )
+from spinegrade.inference.page import write_page
+from spinegrade.inference.review import StudyPictures, review_data, study_pictures
 from spinegrade.inference.studies import read_study
 from spinegrade.scoring.metrics import fill_submission, solution_from_labels
 
@@ -111,12 +113,14 @@ class PredictResult:
     """A submission (25 rows per study), the points graded, and the warnings given.
 
     ``at_labels`` holds the same graders' result at the labelled coordinates, when they
-    were given (the same studies, read once)."""
+    were given (the same studies, read once); ``pictures`` what the review page shows of
+    each study, when asked for."""
 
     submission: pd.DataFrame
     points: pd.DataFrame
     warnings: list[str]
     at_labels: PredictResult | None = None
+    pictures: list[StudyPictures] = field(default_factory=list)
 
 
 def predict_studies(
@@ -126,6 +130,7 @@ def predict_studies(
     coordinates: pd.DataFrame | None = None,
     on_error: str = "skip",
     explain_dir: str | Path | None = None,
+    review: bool = False,
 ) -> PredictResult:
     """Grade every study of ``series`` (a test_series_descriptions table) at the points
     the localizers find.
@@ -138,6 +143,7 @@ def predict_studies(
             at them, into ``at_labels`` (to measure what localization costs).
         on_error: ``skip`` a corrupt file with a warning naming it, or ``raise``.
         explain_dir: write a Grad-CAM PNG per graded (localized) row under it.
+        review: gather each study's pictures for the review page (``pictures``).
     """
     study_ids = list(dict.fromkeys(series["study_id"].astype("int64").tolist()))
     warnings: list[str] = []
@@ -147,19 +153,34 @@ def predict_studies(
         log.warning("%s", message)
 
     found: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"localized": [], "labels": []}
+    pictures: list[StudyPictures] = []
     for study in tqdm(study_ids, desc="predict", unit="study"):
+        first_warning = len(warnings)
         vols = read_study(images_dir, study, series[series["study_id"] == study], on_error, warn)
         points = {"localized": localize_study(vols, bundle.localizers, warn)}
         if coordinates is not None:
             mine = coordinates[coordinates["study_id"] == study]
             points["labels"] = points_from_coordinates(vols, mine)
+        explanations = []
         for key, pts in points.items():
             if not len(pts):
                 continue
             graded, crops = grade_points(vols, pts, bundle.graders, bundle.crop)
-            if explain_dir is not None and key == "localized":
-                write_explanations(explain_dir, graded, crops, pts, bundle.graders)
+            if key == "localized" and (explain_dir is not None or review):
+                explanations = explain_rows(graded, crops, pts, bundle.graders)
+                if explain_dir is not None:
+                    write_explanations(explain_dir, explanations)
             found[key].append((graded, pts))
+        if review:
+            pictures.append(
+                study_pictures(
+                    vols,
+                    points["localized"],
+                    points.get("labels"),
+                    explanations,
+                    warnings[first_warning:],
+                )
+            )
 
     def result(key: str) -> PredictResult:
         graded = pd.concat(
@@ -173,6 +194,29 @@ def predict_studies(
         return PredictResult(submission, points.reset_index(drop=True), warnings)
 
     out = result("localized")
+    out.pictures = pictures
     if coordinates is not None:
         out.at_labels = result("labels")
     return out
+
+
+def write_review(
+    path: str | Path,
+    result: PredictResult,
+    models: dict[str, str],
+    solution: pd.DataFrame | None = None,
+    summary: dict[str, str] | None = None,
+) -> Path:
+    """The review page of a ``predict_studies(..., review=True)`` result, as one HTML file.
+
+    Args:
+        models: the model grading each group (Bundle.selection).
+        solution: the answers (scoring.metrics solution rows), when known: truth, losses
+            and, with ``result.at_labels``, the labelled points on the page.
+        summary: label -> text, shown in the page's header (e.g. the rsna score).
+    """
+    labelled = result.at_labels.points if result.at_labels is not None else None
+    index, studies = review_data(
+        result.pictures, result.submission, result.points, labelled, solution, models, summary
+    )
+    return write_page(path, index, studies)
