@@ -52,12 +52,21 @@ def test_every_stage_output_exists(pipeline):
     for g in p["groups"]:
         for b in p["backbones"]:
             out = pipeline / "models" / g / b
-            assert {"oof.csv", "inner.csv", "history.csv", "metrics.json", "fold0.safetensors"} <= {
-                f.name for f in out.iterdir()
-            }
+            assert {
+                "oof.csv",
+                "inner.csv",
+                "history.csv",
+                "metrics.json",
+                "fold0.safetensors",
+                "fold1.safetensors",
+            } <= {f.name for f in out.iterdir()}
             oof, inner = pd.read_csv(out / "oof.csv"), pd.read_csv(out / "inner.csv")
-            assert (oof["fold"] == 0).all() and (inner["inner_fold"] == 1).all()
-            assert not set(oof["study_id"]) & set(inner["study_id"])  # chose nothing scored
+            assert set(oof["fold"]) == {0, 1}  # the default pair: each chose for the other
+            for fold in (0, 1):
+                chose = inner[inner["fold"] == fold]
+                assert (chose["inner_fold"] == 1 - fold).all()
+                scored = oof.loc[oof["fold"] == fold, "study_id"]
+                assert not set(scored) & set(chose["study_id"])  # chose nothing scored
             for cols in (vocab.SEVERITY_COLUMNS, vocab.RAW_SEVERITY_COLUMNS):
                 assert oof[list(cols)].sum(axis=1).round(6).eq(1).all()
             assert (
@@ -94,6 +103,10 @@ def test_localizers_and_predict_outputs(pipeline):
         assert ci["score"]["low"] <= ci["score"]["estimate"] <= ci["score"]["high"]
     assert report["localization"]["all"]["points"] > 0
     assert list((pipeline / "data" / "predict" / "explain").rglob("*.png"))
+    page = (pipeline / "data" / "predict" / "review.html").read_text()
+    for study in tested:  # the review page: each test study, with the header's scores
+        assert f'id="study-{study}"' in page
+    assert "rsna score, localized" in page
 
 
 @pytest.mark.slow
@@ -148,7 +161,7 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
     parent = parents[0].info.run_id
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
     p = _params(pipeline)["train-per-condition"]
-    expected = {f"{g}-{b}-fold0" for g in p["groups"] for b in p["backbones"]}
+    expected = {f"{g}-{b}-fold{k}" for g in p["groups"] for b in p["backbones"] for k in (0, 1)}
     expected |= {f"localizer-{s}" for s in _params(pipeline)["train-localizer"]["series"]}
     assert expected | {"evaluate", "compare-backbones", "predict"} == set(children)
     run = children[f"spinal-{p['backbones'][0]}-fold0"]
@@ -181,7 +194,12 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
         "localization.all.error_mm_median",
         "localization.all.error_mm_p90",
     } <= set(predict.data.metrics)
-    assert "submission.csv" in {a.path for a in client.list_artifacts(predict.info.run_id)}
+    assert {"submission.csv", "review.html"} <= {
+        a.path for a in client.list_artifacts(predict.info.run_id)
+    }
+    second = children[f"spinal-{p['backbones'][0]}-fold1"]  # the pair's second fold
+    assert len(client.get_metric_history(second.info.run_id, "train_loss")) == 1
+    assert second.data.metrics["final_inner_fold"] == 0
 
 
 @pytest.mark.slow

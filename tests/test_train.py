@@ -16,6 +16,7 @@ from spinegrade.training.engine.schedules import make_scheduler
 from spinegrade.training.graders.fit import (
     RAW_COLUMNS,
     Split,
+    fold_plan,
     inner_fold,
     oversample,
     train_fold,
@@ -128,7 +129,9 @@ def test_train_fold_is_deterministic_and_returns_the_best_epoch():
     assert metric_loss(a.oof, val.labels) == pytest.approx(best["val_loss"], rel=1e-6)
 
 
-def _train_spinal(n_studies: int, n_folds: int, trained: tuple[int, ...], seed: int):
+def _train_spinal(
+    n_studies: int, n_folds: int, trained: tuple[int, ...], seed: int, epochs: int = 1
+):
     """train_group_backbone on toy spinal crops, 5 per study, studies in folds round-robin."""
     crops, labels = _toy_crops(5 * n_studies, seed)
     index = pd.DataFrame(
@@ -142,7 +145,7 @@ def _train_spinal(n_studies: int, n_folds: int, trained: tuple[int, ...], seed: 
     )
     folds = pd.DataFrame({"study_id": np.arange(n_studies), "fold": np.arange(n_studies) % n_folds})
     cfg = TrainConfig(
-        training=TrainingConfig(folds=trained, epochs=1, batch_size=16),
+        training=TrainingConfig(folds=trained, epochs=epochs, batch_size=16),
         recipes={"resnet18": Recipe()},
     )
     return folds, train_group_backbone(crops, index, folds, "spinal", "resnet18", cfg)
@@ -169,10 +172,11 @@ def test_train_group_backbone_out_of_fold_rows():
 def test_no_study_that_made_a_choice_is_scored_for_it():
     """The leakage test: per outer fold, the studies that chose the epoch and fitted the
     temperature (inner.csv) are disjoint from the studies scored out of fold (oof.csv), and
-    neither was trained on."""
-    folds, result = _train_spinal(32, 4, (0, 3), seed=4)
+    neither was trained on. Folds 0 and 3 are a pair (each chooses for the other), fold 1
+    is alone (its inner fold is the next one, 2)."""
+    folds, result = _train_spinal(40, 5, (0, 3, 1), seed=4)
     fold_of = folds.set_index("study_id")["fold"]
-    for fold, inner in ((0, 1), (3, 0)):  # the next fold, cyclically
+    for fold, inner, trained in ((0, 3, 120), (3, 0, 120), (1, 2, 120)):
         scored = set(result.oof.loc[result.oof["fold"] == fold, "study_id"])
         chose = set(result.inner.loc[result.inner["fold"] == fold, "study_id"])
         assert scored == set(fold_of.index[fold_of == fold])
@@ -180,7 +184,40 @@ def test_no_study_that_made_a_choice_is_scored_for_it():
         assert not scored & chose
         summary = result.metrics["folds"][f"fold{fold}"]
         assert summary["inner_fold"] == inner
-        assert summary["n_train"] == 80 and summary["n_val"] == 40 and summary["n_oof"] == 40
+        assert summary["n_train"] == trained and summary["n_val"] == 40 and summary["n_oof"] == 40
+
+
+def test_fold_plan_pairs_the_scored_folds():
+    assert fold_plan([0], range(5)) == [{0: 1}]
+    assert fold_plan([0, 1], range(5)) == [{0: 1, 1: 0}]
+    assert fold_plan([0, 1, 2, 3, 4], range(5)) == [{0: 1, 1: 0}, {2: 3, 3: 2}, {4: 0}]
+    assert fold_plan([4, 2], range(5)) == [{4: 2, 2: 4}]
+    with pytest.raises(ValueError, match=r"\[5\] not in folds.csv"):
+        fold_plan([0, 5], range(5))
+
+
+def test_a_pair_trains_once_and_each_fold_takes_its_own_epoch():
+    """Folds 0 and 1 of one run: one training curve, each fold's epoch the one where the
+    other's loss was lowest, and its weights those of that epoch."""
+    folds, result = _train_spinal(30, 3, (0, 1), seed=5, epochs=3)
+    history = result.history
+    assert len(history) == 2 * 3  # the one curve, under each fold; no early stopping
+    curve = history[history["fold"] == 0].drop(columns="fold").reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        curve, history[history["fold"] == 1].drop(columns="fold").reset_index(drop=True)
+    )
+    for fold in (0, 1):
+        summary = result.metrics["folds"][f"fold{fold}"]
+        assert summary["epochs_run"] == 3 and 1 <= summary["best_epoch"] <= 3
+        assert summary["inner_fold"] == 1 - fold
+        assert summary["n_train"] == 50  # fold 2's ten studies, 5 crops each
+        inner = result.inner[result.inner["fold"] == fold]
+        assert set(inner["inner_fold"]) == {1 - fold}
+        raw = inner[RAW_COLUMNS].to_numpy()
+        assert summary["val_loss"] == pytest.approx(metric_loss(raw, inner["label"].to_numpy()))
+    e0, e1 = (result.metrics["folds"][f"fold{f}"]["best_epoch"] for f in (0, 1))
+    w0, w1 = (result.states[f]["fc.weight"] for f in (0, 1))
+    assert torch.equal(w0, w1) == (e0 == e1)  # each fold keeps the weights of its epoch
 
 
 def test_inner_fold_needs_three_folds():

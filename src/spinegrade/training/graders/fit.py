@@ -1,18 +1,24 @@
 """Training one (condition group, backbone) on study-level folds, with out-of-fold output.
 
-Crops come in as ``(N, k, S, S) uint8`` (k slices as channels). Per scored (outer) fold k,
-the next fold in the cycle (k + 1 mod n) is the inner validation fold, and the remaining
-folds are trained on. The inner fold's studies make every choice: early stopping and the
-best epoch on its validation loss, then the temperature that calibrates the probabilities
-(scoring.calibration). Only then is fold k predicted, once: its out-of-fold probabilities,
-raw and calibrated, are scored by evaluate and never chose anything.
+Crops come in as ``(N, k, S, S) uint8`` (k slices as channels). Every scored (outer) fold
+has an inner validation fold whose studies make every choice for it: the best epoch on
+their validation loss (and early stopping), then the temperature that calibrates the
+probabilities (scoring.calibration). Its own studies choose nothing: their out-of-fold
+probabilities, raw and calibrated, at the chosen epoch, are what evaluate scores.
+
+The scored folds are paired in the order given (``fold_plan``): a pair (a, b) is held out
+of one training run, a's inner fold is b and b's is a, so each is chosen for by the other
+and neither is trained on: two folds scored for the cost of one run. Such a run trains
+every epoch, since stopping early on either fold's loss would be a choice its own
+studies made. A last fold without a partner gets the next fold in the cycle (k + 1 mod n)
+as its inner fold, with early stopping on it. The other folds are trained on.
 The validation loss is the official metric's per-group term: cross-entropy weighted 1/2/4.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +34,6 @@ from spinegrade.models.backbones import (
     create_backbone,
     input_normalization,
     model_flops,
-    predict_proba,
 )
 from spinegrade.models.inputs import CropDataset
 from spinegrade.scoring.calibration import apply_temperature, fit_temperature
@@ -41,6 +46,23 @@ log = logging.getLogger(__name__)
 
 OOF_KEYS = ["study_id", "condition", "level", "side", "label"]  # crop index columns kept in oof
 RAW_COLUMNS = list(vocab.RAW_SEVERITY_COLUMNS)  # before temperature scaling
+
+
+def fold_plan(scored: Sequence[int], folds: Sequence[int]) -> list[dict[int, int]]:
+    """The training runs that score ``scored``, each as {scored fold: its inner fold}.
+
+    Pairs in the order given, then a last unpaired fold with the next fold (inner_fold):
+    [0, 1] -> [{0: 1, 1: 0}]; [0, 1, 2, 3, 4] -> [{0: 1, 1: 0}, {2: 3, 3: 2}, {4: 0}].
+    """
+    missing = [f for f in scored if f not in folds]
+    if missing:
+        raise ValueError(
+            f"train-per-condition.training.folds {missing} not in folds.csv ({sorted(folds)})"
+        )
+    runs = [{a: b, b: a} for a, b in zip(scored[0:-1:2], scored[1::2], strict=True)]
+    if len(scored) % 2:
+        runs.append({scored[-1]: inner_fold(scored[-1], list(folds))})
+    return runs
 
 
 def inner_fold(fold: int, folds: list[int]) -> int:
@@ -66,12 +88,40 @@ def oversample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate(index))
 
 
+@dataclass
+class Choice:
+    """What a scored fold's inner fold chose: the epoch, its weights (on the CPU) and the
+    validation probabilities of that epoch (every validation crop)."""
+
+    epoch: int = 0
+    loss: float = np.inf
+    state: dict | None = None
+    proba: np.ndarray | None = None
+
+
 class GraderTask:
     """The graders' part of the training loop: weighted loss, softmax probabilities, and
-    validation by the metric's group term, macro recall and macro F1."""
+    validation by the metric's group term, macro recall and macro F1.
 
-    def __init__(self, criterion: nn.Module, labels: np.ndarray) -> None:
-        self.criterion, self.labels = criterion, labels
+    ``choices`` maps each scored fold to the positions (in the validation set) of its inner
+    fold: after every epoch, a fold whose inner loss improved keeps that epoch (``chosen``:
+    its epoch, ``model``'s weights and the probabilities). The epoch's reported
+    ``val_loss`` and scores are over the one inner fold when there is one choice, else over
+    the whole validation set."""
+
+    def __init__(
+        self,
+        criterion: nn.Module,
+        labels: np.ndarray,
+        model: nn.Module | None = None,
+        choices: dict[int, np.ndarray] | None = None,
+    ) -> None:
+        self.criterion, self.labels, self.model = criterion, labels, model
+        self.choices = choices or {}
+        self.chosen = {k: Choice() for k in self.choices}
+        self.epochs = 0
+        only = list(self.choices.values())
+        self.shown = only[0] if len(only) == 1 else np.arange(len(labels))
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         x, y = batch
@@ -83,9 +133,18 @@ class GraderTask:
 
     def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         proba = outputs["proba"]
-        scores = classification_metrics(self.labels, proba)
+        self.epochs += 1
+        for fold, rows in self.choices.items():
+            loss = metric_loss(proba[rows], self.labels[rows])
+            if loss < self.chosen[fold].loss:
+                state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+                }
+                self.chosen[fold] = Choice(self.epochs, loss, state, proba)
+        proba, labels = proba[self.shown], self.labels[self.shown]
+        scores = classification_metrics(labels, proba)
         return {
-            "val_loss": metric_loss(proba, self.labels),
+            "val_loss": metric_loss(proba, labels),
             "val_macro_recall": scores["macro_recall"],
             "val_macro_f1": scores["macro_f1"],
         }
@@ -115,6 +174,7 @@ class FoldResult:
     best_epoch: int = 0
     seconds: float = 0.0
     speed: dict[str, float] = field(default_factory=dict)  # images/s, peak memory (MB)
+    chosen: dict[int, Choice] = field(default_factory=dict)  # scored fold -> its choice
 
 
 def train_fold(
@@ -127,6 +187,7 @@ def train_fold(
     on_epoch: Callable[[int, dict], None] | None = None,
     desc: str = "train",
     rt: Runtime | None = None,
+    choices: dict[int, np.ndarray] | None = None,
 ) -> tuple[nn.Module, FoldResult]:
     """Train one fold from scratch (or ``recipe.weights``); keep the best validation epoch.
 
@@ -138,6 +199,8 @@ def train_fold(
         seed: seed for weights, batches and augmentation (seed + fold by convention).
         on_epoch: called with (epoch, metrics) after each epoch (e.g. to log to MLflow).
         rt: device, precision and processes (default: one process on the CPU, fp32).
+        choices: scored fold -> positions in ``val`` of its inner fold (GraderTask); with
+            more than one, every epoch is trained (no early stopping).
 
     Returns:
         (model with the best weights loaded, FoldResult).
@@ -161,17 +224,24 @@ def train_fold(
     val_ds = CropDataset(val.crops, val_labels, mean, std, rows=val.indices())
     settings = LoopSettings(
         epochs=cfg.epochs,
-        patience=cfg.patience,
+        patience=cfg.patience if len(choices or {}) <= 1 else cfg.epochs,
         batch_size=cfg.batch_size,
         seed=seed,
         desc=desc,
         drop_last=True,
         oom_hint=f"train-per-condition.training.batch_size or crop-rois.size_px (now {size} px)",
     )
-    task = GraderTask(make_loss(cfg).to(rt.device), val_labels)  # class weights too
+    loss = make_loss(cfg).to(rt.device)  # class weights too
+    task = GraderTask(loss, val_labels, model, choices)
     res = fit(model, train_ds, val_ds, task, recipe, settings, rt, on_epoch)
     result = FoldResult(
-        res.state, res.outputs["proba"], res.history, res.best_epoch, res.seconds, res.speed
+        res.state,
+        res.outputs["proba"],
+        res.history,
+        res.best_epoch,
+        res.seconds,
+        res.speed,
+        task.chosen,
     )
     return res.model, result
 
@@ -236,64 +306,87 @@ def train_group_backbone(
     gflops, n_params = model_flops(model_cost, size, k), count_parameters(model_cost)
     del model_cost
     all_folds = sorted(int(f) for f in folds["fold"].unique())
+    fold_array = fold_of.to_numpy()
     oof_parts, inner_parts = [], []
-    for fold in cfg.training.folds:
-        inner = inner_fold(fold, all_folds)
-        held, val = (fold_of == fold).to_numpy(), (fold_of == inner).to_numpy()
-        train = ~(held | val)
-        if not held.any() or not val.any():
+    for run in fold_plan(list(cfg.training.folds), all_folds):
+        held_out = sorted(set(run) | set(run.values()))
+        train = ~np.isin(fold_array, held_out)
+        val_rows = np.flatnonzero(~train)
+        val_fold, val_labels = fold_array[val_rows], labels[val_rows]
+        empty = [f for f in held_out if not (val_fold == f).any()]
+        if empty or not train.any():
             raise ValueError(
-                f"{group}: fold {fold} or its inner validation fold {inner} has no crops "
+                f"{group}: fold(s) {empty or held_out} have no crops to "
+                f"{'score or validate on' if empty else 'leave for training'} "
                 f"(folds: {sorted(fold_of.unique())})"
             )
-        hooks.start(fold)
+        first = next(iter(run))
+        hooks.start(first)
         try:
             model, res = train_fold(
                 backbone,
                 recipe,
                 cfg.training,
                 Split(crops, labels[train], np.flatnonzero(train)),
-                Split(crops, labels[val], np.flatnonzero(val)),
-                seed=cfg.training.seed + fold,
-                on_epoch=lambda e, row, f=fold: hooks.epoch(f, e, row),
-                desc=f"{group}-{backbone}-fold{fold}",
+                Split(crops, val_labels, val_rows),
+                seed=cfg.training.seed + first,
+                on_epoch=lambda e, row, f=first: hooks.epoch(f, e, row),
+                desc=f"{group}-{backbone}-fold{'+'.join(map(str, run))}",
                 rt=rt,
+                choices={k: np.flatnonzero(val_fold == j) for k, j in run.items()},
             )
-            # every choice is made: now the held-out fold is predicted, once
-            temperature = fit_temperature(res.oof, labels[val])
-            raw = _predict(model, crops, np.flatnonzero(held), cfg.training, rt)
         except BaseException as exc:
-            hooks.fail(fold, exc)
+            hooks.fail(first, exc)
             raise
-        calibrated = apply_temperature(raw, temperature)
-        m = classification_metrics(labels[held], calibrated)
-        summary = {
-            "best_epoch": res.best_epoch,
-            "epochs_run": len(res.history),
-            "inner_fold": inner,
-            "temperature": temperature,
-            "val_loss": metric_loss(res.oof, labels[val]),  # inner fold, the best epoch
-            "oof_loss_raw": metric_loss(raw, labels[held]),
-            "oof_loss": metric_loss(calibrated, labels[held]),
-            "accuracy": m["accuracy"],
-            "macro_recall": m["macro_recall"],
-            "macro_precision": m["macro_precision"],
-            "macro_f1": m["macro_f1"],
-            "n_train": int(train.sum()),
-            "n_val": int(val.sum()),
-            "n_oof": int(held.sum()),
-        }
-        per_fold[f"fold{fold}"] = summary  # no wall-clock time here: outputs stay reproducible
-        cost = {"gflops": gflops, "params": n_params, "seconds": res.seconds, **res.speed}
-        hooks.end(fold, model, {**summary, **cost}, m["confusion"])
-        states[fold] = res.state_dict
-        oof_parts.append(_table(index, held, fold, calibrated, raw))
-        inner_parts.append(
-            _table(index, val, fold, apply_temperature(res.oof, temperature), res.oof).assign(
-                inner_fold=inner
+        for fold, inner in run.items():
+            if fold != first:  # the pair's second fold: its own run, with the same curves
+                hooks.start(fold)
+                for row in res.history:
+                    hooks.epoch(fold, row["epoch"], row)
+            # every choice is made (by the inner fold): now the scored fold is read, once
+            choice = res.chosen[fold]
+            at_inner, scored = val_fold == inner, val_fold == fold
+            try:
+                temperature = fit_temperature(choice.proba[at_inner], val_labels[at_inner])
+                model.load_state_dict(choice.state)
+            except BaseException as exc:
+                hooks.fail(fold, exc)
+                raise
+            raw = choice.proba[scored]
+            calibrated = apply_temperature(raw, temperature)
+            m = classification_metrics(val_labels[scored], calibrated)
+            summary = {
+                "best_epoch": choice.epoch,
+                "epochs_run": len(res.history),
+                "inner_fold": inner,
+                "temperature": temperature,
+                "val_loss": choice.loss,  # the inner fold at the chosen epoch
+                "oof_loss_raw": metric_loss(raw, val_labels[scored]),
+                "oof_loss": metric_loss(calibrated, val_labels[scored]),
+                "accuracy": m["accuracy"],
+                "macro_recall": m["macro_recall"],
+                "macro_precision": m["macro_precision"],
+                "macro_f1": m["macro_f1"],
+                "n_train": int(train.sum()),
+                "n_val": int(at_inner.sum()),
+                "n_oof": int(scored.sum()),
+            }
+            per_fold[f"fold{fold}"] = summary  # no wall-clock time: outputs stay reproducible
+            cost = {"gflops": gflops, "params": n_params, "seconds": res.seconds, **res.speed}
+            hooks.end(fold, model, {**summary, **cost}, m["confusion"])
+            states[fold] = choice.state
+            oof_parts.append(_table(index, fold_array == fold, fold, calibrated, raw))
+            inner_proba = choice.proba[at_inner]
+            inner_parts.append(
+                _table(
+                    index,
+                    fold_array == inner,
+                    fold,
+                    apply_temperature(inner_proba, temperature),
+                    inner_proba,
+                ).assign(inner_fold=inner)
             )
-        )
-        history += [{"fold": fold, **row} for row in res.history]
+            history += [{"fold": fold, **row} for row in res.history]
     oof = pd.concat(oof_parts, ignore_index=True)
     overall = classification_metrics(
         oof["label"].to_numpy(), oof[list(vocab.SEVERITY_COLUMNS)].to_numpy()
@@ -312,15 +405,6 @@ def train_group_backbone(
     }
     inner_table = pd.concat(inner_parts, ignore_index=True)
     return GroupResult(oof, inner_table, pd.DataFrame(history), metrics, states)
-
-
-def _predict(
-    model: nn.Module, crops: np.ndarray, rows: np.ndarray, cfg: TrainingConfig, rt: Runtime | None
-) -> np.ndarray:
-    """(len(rows), 3) probabilities of crops ``rows``, normalised as in training."""
-    mean, std = input_normalization(model) if cfg.normalize == "model" else (None, None)
-    ds = CropDataset(crops, np.zeros(len(rows), dtype=np.int64), mean, std, rows=rows)
-    return predict_proba(model, ds, cfg.batch_size, rt.precision if rt else "fp32")
 
 
 def _table(
