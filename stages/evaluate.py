@@ -21,7 +21,7 @@ import pandas as pd
 from spinegrade.core.config import load_params
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json
-from spinegrade.evaluation.evaluate import Settings, evaluate
+from spinegrade.evaluation.evaluate import evaluate
 from spinegrade.evaluation.plots import reliability_figure
 from spinegrade.tracking import store as tracking
 
@@ -55,13 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             oof,
             list(cfg.groups),
             list(cfg.backbones),
-            Settings(
-                resamples=params.evaluate.bootstrap_resamples,
-                seed=params.evaluate.bootstrap_seed,
-                level=params.evaluate.ci_level,
-                bins=params.evaluate.calibration_bins,
-                ensemble=params.evaluate.ensemble,
-            ),
+            params.evaluate,
         )
         with atomic_dir(args.out) as tmp:
             for backbone, sub in result.submissions.items():

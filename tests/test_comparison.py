@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from spinegrade.core import vocab
-from spinegrade.core.config import Recipe, TrainingConfig
+from spinegrade.core.config import EvaluateConfig, Recipe, TrainingConfig
 from spinegrade.evaluation.compare import comparison_table, to_markdown
-from spinegrade.evaluation.evaluate import Settings, ensemble_table, evaluate
+from spinegrade.evaluation.evaluate import ensemble_table, evaluate
 from spinegrade.models.backbones import input_normalization, predict_proba
 from spinegrade.models.inputs import CropDataset
 from spinegrade.scoring import bootstrap as bs
@@ -216,7 +216,7 @@ def _fixture(n_studies: int = 25):
 
 def test_evaluate_and_predict_score_the_same_probabilities_alike():
     labels, folds, oof, backbones = _fixture()
-    settings = Settings(resamples=200)
+    settings = EvaluateConfig(bootstrap_resamples=200)
     report = evaluate(labels, folds, oof, list(vocab.GROUPS), backbones, settings).report
     scored = folds.loc[folds["fold"] == 0, "study_id"].tolist()
     solution = solution_from_labels(labels)
@@ -246,7 +246,9 @@ def test_evaluate_and_predict_score_the_same_probabilities_alike():
 
 def test_evaluate_reports_intervals_calibration_the_ensemble_and_pairs():
     labels, folds, oof, backbones = _fixture()
-    ev = evaluate(labels, folds, oof, list(vocab.GROUPS), backbones, Settings(resamples=300))
+    ev = evaluate(
+        labels, folds, oof, list(vocab.GROUPS), backbones, EvaluateConfig(bootstrap_resamples=300)
+    )
     report = ev.report
     assert list(report["backbones"]) == ["a", "b", vocab.ENSEMBLE]
     for entry in report["backbones"].values():
@@ -270,7 +272,12 @@ def test_comparison_table_marks_what_it_cannot_rank():
     models = ["a", "b", "twin"]
     costs = {(g, m): {"gflops": 1.0, "params": 2e6} for g in vocab.GROUPS for m in models}
     ev = evaluate(
-        labels, folds, oof, list(vocab.GROUPS), models, Settings(resamples=300, ensemble=False)
+        labels,
+        folds,
+        oof,
+        list(vocab.GROUPS),
+        models,
+        EvaluateConfig(bootstrap_resamples=300, ensemble=False),
     ).report
     table = comparison_table(ev, costs)
     for group in vocab.GROUPS:
@@ -284,7 +291,9 @@ def test_comparison_table_marks_what_it_cannot_rank():
 
 def test_the_ensemble_costs_the_sum_of_its_backbones():
     labels, folds, oof, backbones = _fixture()
-    ev = evaluate(labels, folds, oof, list(vocab.GROUPS), backbones, Settings(resamples=200))
+    ev = evaluate(
+        labels, folds, oof, list(vocab.GROUPS), backbones, EvaluateConfig(bootstrap_resamples=200)
+    )
     costs = {(g, "a"): {"gflops": 1.0, "params": 2e6} for g in vocab.GROUPS}
     costs |= {(g, "b"): {"gflops": 3.0, "params": 5e6} for g in vocab.GROUPS}
     ens = comparison_table(ev.report, costs).query("model == 'ensemble'")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from spinegrade.core import vocab
+from spinegrade.core.config import EvaluateConfig
 from spinegrade.core.errors import DataError
 from spinegrade.scoring import bootstrap as bs
 from spinegrade.scoring.calibration import expected_calibration_error, reliability_table
@@ -37,7 +38,6 @@ from spinegrade.scoring.metrics import (
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE = vocab.ENSEMBLE
 RAW_COLUMNS = list(vocab.RAW_SEVERITY_COLUMNS)
 KEYS = ["study_id", "condition", "level", "side"]
 
@@ -63,17 +63,6 @@ def ensemble_table(tables: list[pd.DataFrame]) -> pd.DataFrame:
     out = first.copy()
     out[columns] = total / len(tables)
     return out
-
-
-@dataclass(frozen=True)
-class Settings:
-    """evaluate params: bootstrap resamples, seed and interval level, reliability bins."""
-
-    resamples: int = 1000
-    seed: int = 0
-    level: float = 0.95
-    bins: int = 10
-    ensemble: bool = True
 
 
 @dataclass
@@ -103,7 +92,7 @@ def evaluate(
     oof: dict[tuple[str, str], pd.DataFrame],
     groups: list[str],
     backbones: list[str],
-    settings: Settings | None = None,
+    settings: EvaluateConfig | None = None,
 ) -> Evaluation:
     """Score every (group, model) OOF table and every model's assembled submission.
 
@@ -113,9 +102,9 @@ def evaluate(
         oof: (group, backbone) -> the training stage's oof.csv (calibrated severity
             columns and ``raw_`` ones).
         groups, backbones: the matrix that was trained.
-        settings: bootstrap and calibration settings (the evaluate params).
+        settings: the evaluate params (bootstrap, intervals, reliability bins, ensemble).
     """
-    settings = settings or Settings()
+    settings = settings or EvaluateConfig()
     solution = solution_from_labels(labels)
     fold_of = folds.set_index("study_id")["fold"]
     trained = sorted({int(f) for t in oof.values() for f in t["fold"].unique()})
@@ -124,7 +113,7 @@ def evaluate(
     # each fold's prior from the studies outside it (its training side), never from itself
     priors = {f: solution[~solution["study_id"].isin(s)] for f, s in fold_studies.items()}
     scored = solution[solution["study_id"].isin(studies) & solution["group"].isin(groups)]
-    counts = bs.resample_counts(len(studies), settings.resamples, settings.seed)
+    counts = bs.resample_counts(len(studies), settings.bootstrap_resamples, settings.bootstrap_seed)
 
     empty = pd.DataFrame(columns=list(vocab.SUBMISSION_HEADER))
     baseline_sub = _prior_filled(empty, fold_studies, priors)
@@ -132,9 +121,9 @@ def evaluate(
         "studies": len(studies),
         "folds": trained,
         "bootstrap": {
-            "resamples": settings.resamples,
-            "seed": settings.seed,
-            "level": settings.level,
+            "resamples": settings.bootstrap_resamples,
+            "seed": settings.bootstrap_seed,
+            "level": settings.ci_level,
             "unit": "study",
         },
         "class_prior_baseline": rsna_score(scored, baseline_sub),
@@ -142,7 +131,9 @@ def evaluate(
     }
     models = {b: {g: oof[(g, b)] for g in groups} for b in backbones}
     if settings.ensemble and len(backbones) > 1:
-        models[ENSEMBLE] = {g: ensemble_table([oof[(g, b)] for b in backbones]) for g in groups}
+        models[vocab.ENSEMBLE] = {
+            g: ensemble_table([oof[(g, b)] for b in backbones]) for g in groups
+        }
 
     confusions, submissions, reliability = {}, {}, {}
     samples: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (group, model) -> stat -> (R,)
@@ -157,20 +148,20 @@ def evaluate(
         entry["rsna_raw"] = rsna_score(scored, _prior_filled(raw, fold_studies, priors))
         sums = bs.rsna_study_sums(scored, sub, studies)
         entry["rsna_ci"] = {
-            term: bs.interval(entry["rsna"][term], s.resampled(counts), settings.level)
+            term: bs.interval(entry["rsna"][term], s.resampled(counts), settings.ci_level)
             for term, s in sums.items()
             if term in entry["rsna"]
         }
         entry["rsna_ci"]["score"] = bs.interval(
-            entry["rsna"]["score"], bs.rsna_score_samples(sums, counts), settings.level
+            entry["rsna"]["score"], bs.rsna_score_samples(sums, counts), settings.ci_level
         )
         for group, table in tables.items():
             y = table["label"].to_numpy()
             p = table[list(vocab.SEVERITY_COLUMNS)].to_numpy()
             p_raw = table[RAW_COLUMNS].to_numpy()
             m = classification_metrics(y, p)
-            m["ece"] = expected_calibration_error(p, y, settings.bins)
-            m["ece_raw"] = expected_calibration_error(p_raw, y, settings.bins)
+            m["ece"] = expected_calibration_error(p, y, settings.calibration_bins)
+            m["ece_raw"] = expected_calibration_error(p_raw, y, settings.calibration_bins)
             m["rsna_term_raw"] = entry["rsna_raw"][group]
             conf = bs.study_confusions(table["study_id"].to_numpy(), y, p, studies)
             recall, f1 = bs.macro_recall_f1(np.einsum("rs,sij->rij", counts, conf))
@@ -181,8 +172,8 @@ def evaluate(
                 "macro_recall": m["macro_recall"],
             }
             m["ci"] = {
-                "macro_recall": bs.interval(m["macro_recall"], recall, settings.level),
-                "macro_f1": bs.interval(m["macro_f1"], f1, settings.level),
+                "macro_recall": bs.interval(m["macro_recall"], recall, settings.ci_level),
+                "macro_f1": bs.interval(m["macro_f1"], f1, settings.ci_level),
                 "rsna_term": entry["rsna_ci"][group],
             }
             entry["groups"][group] = m
@@ -193,8 +184,8 @@ def evaluate(
                 }
             )
             reliability[(group, name)] = {
-                "raw": reliability_table(p_raw, y, settings.bins),
-                "calibrated": reliability_table(p, y, settings.bins),
+                "raw": reliability_table(p_raw, y, settings.calibration_bins),
+                "calibrated": reliability_table(p, y, settings.calibration_bins),
             }
         report["backbones"][name] = entry
 
@@ -206,7 +197,7 @@ def evaluate(
                     samples[(group, a)][stat],
                     estimates[(group, b)][stat],
                     samples[(group, b)][stat],
-                    settings.level,
+                    settings.ci_level,
                 )
                 for stat in ("rsna_term", "macro_recall")
             }
