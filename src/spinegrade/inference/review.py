@@ -174,11 +174,11 @@ def _entry(vols: StudyVolumes, series_type: str, rows: pd.DataFrame):
     return largest(entries)
 
 
-def _slice_of(rows: pd.DataFrame, entry) -> int:
-    """The median slice of ``rows`` on ``entry``'s stack, else the stack's middle."""
-    sid, k, _, norm = entry
+def _slice_of(rows: pd.DataFrame, entry) -> int | None:
+    """The median slice of ``rows``' points on ``entry``'s stack (None if none is on it)."""
+    sid, k, _, _ = entry
     on = rows[(rows["series_id"] == sid) & (rows["stack"] == k)] if len(rows) else rows
-    return int(np.median(on["slice"])) if len(on) else len(norm) // 2
+    return int(np.median(on["slice"])) if len(on) else None
 
 
 def study_pictures(
@@ -208,13 +208,15 @@ def study_pictures(
 
     def add(view_id: str, title: str, series_type: str, conditions, levels) -> None:
         mine = both[both["condition"].isin(conditions) & both["level"].isin(levels)]
-        ranked = pd.concat(
-            [mine[mine["source"] == "localizer"], mine[mine["source"] != "localizer"]]
-        )
+        found_here = mine[mine["source"] == "localizer"]
+        ranked = pd.concat([found_here, mine[mine["source"] != "localizer"]])
         entry = _entry(vols, series_type, ranked)
         if entry is None or (series_type == vocab.AXIAL_T2 and not len(ranked)):
             return
-        out.views.append(_view(view_id, title, entry, _slice_of(ranked, entry), conditions, levels))
+        slice_i = _slice_of(found_here, entry)
+        slice_i = _slice_of(ranked, entry) if slice_i is None else slice_i
+        slice_i = len(entry[3]) // 2 if slice_i is None else slice_i
+        out.views.append(_view(view_id, title, entry, slice_i, conditions, levels))
 
     spinal, foraminal, subarticular = (vocab.GROUPS[g].conditions for g in vocab.GROUPS)
     add("sagittal_t2", vocab.SAGITTAL_T2, vocab.SAGITTAL_T2, spinal, vocab.LEVELS)
