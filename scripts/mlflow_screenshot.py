@@ -3,9 +3,12 @@
 Starts the UI on this workspace's store exactly as ``make ui`` does (``spinegrade.cli.ui``,
 its own process group, stopped at the end), opens the first link it prints (the comparison
 experiment's chart view) in Debian's chromium, headless, driven by Playwright, waits until
-the charts have drawn, and saves a PNG. Run after ``dvc repro``:
+the charts have drawn, and saves a PNG. With ``--review``, it opens instead the newest
+``predict`` run's review.html artifact, which the UI shows inline, and waits for the
+page's overview inside it (docs/mlflow-review.png). Run after ``dvc repro``:
 
     .venv/bin/python scripts/mlflow_screenshot.py [--out docs/mlflow-comparison.png]
+    .venv/bin/python scripts/mlflow_screenshot.py --review --out docs/mlflow-review.png
 """
 
 from __future__ import annotations
@@ -32,11 +35,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _review_link(link: str) -> str:
+    """The artifact view of review.html in the newest predict run of this workspace."""
+    import mlflow
+
+    from spinegrade.core.config import load_params
+    from spinegrade.tracking import store
+
+    experiment = store.setup(load_params("params.yaml").mlflow.experiment)
+    runs = mlflow.search_runs(
+        [experiment],
+        filter_string="attributes.run_name = 'predict'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    base = link.split("#", 1)[0]
+    return f"{base}#/experiments/{experiment}/runs/{runs.iloc[0]['run_id']}/artifacts/review.html"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", default="docs/mlflow-comparison.png", help="PNG to write")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument(
+        "--review", action="store_true", help="the predict run's review page, not the charts"
+    )
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -62,14 +86,21 @@ def main(argv: list[str] | None = None) -> int:
                     executable_path=chromium, headless=True, args=CHROMIUM_ARGS
                 )
                 page = browser.new_page(viewport={"width": args.width, "height": args.height})
-                page.goto(m.group(1))
-                page.get_by_text(" / ").first.wait_for(timeout=60_000)
+                if args.review:
+                    page.goto(_review_link(m.group(1)))
+                    page.wait_for_selector("iframe", timeout=120_000)
+                    rows = page.frame_locator("iframe").locator("#overview tbody tr")
+                    rows.first.wait_for(timeout=60_000)
+                else:
+                    page.goto(m.group(1))
+                    page.get_by_text(" / ").first.wait_for(timeout=60_000)
                 close = page.get_by_role("button", name="Close")  # the assistant side panel
                 if close.count():
                     close.first.click()
-                page.wait_for_function(
-                    "document.querySelectorAll('svg text').length > 40", timeout=60_000
-                )
+                if not args.review:
+                    page.wait_for_function(
+                        "document.querySelectorAll('svg text').length > 40", timeout=60_000
+                    )
                 time.sleep(2)  # the last chart's transition
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=args.out)
