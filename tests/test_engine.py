@@ -69,8 +69,13 @@ def same_weights(a: dict, b: dict) -> bool:
 # --------------------------------------------------------------------------- precision
 
 
+@pytest.mark.skipif(
+    not runtime.has_bf16(CPU),
+    reason=f"this CPU ({runtime.cpu_name()}) has no AVX-512 bf16 or AMX: bf16 autocast "
+    "is rejected there (test_bf16_on_a_cpu_without_it_is_a_clear_error)",
+)
 def test_bf16_autocast_on_cpu_is_finite_and_learns():
-    runtime.check_precision(CPU, "bf16")  # these CPUs have AVX-512 bf16
+    runtime.check_precision(CPU, "bf16")  # AVX-512 bf16 or AMX
     _, res = fold(Runtime(CPU, precision="bf16"), epochs=4, lr=3e-3)
     losses = [row["train_loss"] for row in res.history]
     assert np.isfinite(losses).all() and np.isfinite(res.oof).all()

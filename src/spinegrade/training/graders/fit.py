@@ -321,6 +321,12 @@ def train_group_backbone(
                 f"(folds: {sorted(fold_of.unique())})"
             )
         first = next(iter(run))
+        logged: list[tuple[int, dict]] = []  # what the first fold's run got, per epoch
+
+        def on_epoch(epoch: int, row: dict, fold: int = first, logged: list = logged) -> None:
+            logged.append((epoch, row))
+            hooks.epoch(fold, epoch, row)
+
         hooks.start(first)
         try:
             model, res = train_fold(
@@ -330,7 +336,7 @@ def train_group_backbone(
                 Split(crops, labels[train], np.flatnonzero(train)),
                 Split(crops, val_labels, val_rows),
                 seed=cfg.training.seed + first,
-                on_epoch=lambda e, row, f=first: hooks.epoch(f, e, row),
+                on_epoch=on_epoch,
                 desc=f"{group}-{backbone}-fold{'+'.join(map(str, run))}",
                 rt=rt,
                 choices={k: np.flatnonzero(val_fold == j) for k, j in run.items()},
@@ -341,8 +347,8 @@ def train_group_backbone(
         for fold, inner in run.items():
             if fold != first:  # the pair's second fold: its own run, with the same curves
                 hooks.start(fold)
-                for row in res.history:
-                    hooks.epoch(fold, row["epoch"], row)
+                for epoch, row in logged:
+                    hooks.epoch(fold, epoch, row)
             # every choice is made (by the inner fold): now the scored fold is read, once
             choice = res.chosen[fold]
             at_inner, scored = val_fold == inner, val_fold == fold
