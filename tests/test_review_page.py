@@ -117,6 +117,19 @@ def _points(
     return points, distances
 
 
+def _sagittal_view(view_id: str, title: str, pixels: np.ndarray, points: list[dict]) -> dict:
+    """A 256 x 256 sagittal view of the page's format (image as a JPEG data URI)."""
+    return dict(
+        id=view_id,
+        title=title,
+        image=_data_uri(pixels, "JPEG"),
+        width=256,
+        height=256,
+        orientation=dict(left="A", right="P", top="S", bottom="I"),
+        points=points,
+    )
+
+
 def build_review(seed: int = 7) -> tuple[dict, list[dict]]:
     """The index and the details of four studies (see the module docstring)."""
     index_studies, details = [], []
@@ -139,14 +152,8 @@ def build_review(seed: int = 7) -> tuple[dict, list[dict]]:
         spinal = vocab.CONDITIONS[0]
         pts, d = _points(rng, sid, spinal, [(160.0, 49.0 + 42 * i) for i in range(5)])
         views.append(
-            dict(
-                id="sagittal_t2",
-                title=f"Sagittal T2/STIR, series {sid}1, slice 9 of 17",
-                image=_data_uri(sag, "JPEG"),
-                width=256,
-                height=256,
-                orientation=dict(left="A", right="P", top="S", bottom="I"),
-                points=pts,
+            _sagittal_view(
+                "sagittal_t2", f"Sagittal T2/STIR, series {sid}1, slice 9 of 17", sag, pts
             )
         )
         distances.update(d)
@@ -154,17 +161,8 @@ def build_review(seed: int = 7) -> tuple[dict, list[dict]]:
         if not missing:
             left = vocab.CONDITIONS[1]
             pts, d = _points(rng, sid, left, [(150.0 - 3 * i, 48.0 + 42 * i) for i in range(5)])
-            views.append(
-                dict(
-                    id="sagittal_t1_left",
-                    title=f"Sagittal T1, series {sid}2, slice 4 of 15 (left)",
-                    image=_data_uri(_sagittal(rng) * 0.8, "JPEG"),
-                    width=256,
-                    height=256,
-                    orientation=dict(left="A", right="P", top="S", bottom="I"),
-                    points=pts,
-                )
-            )
+            title = f"Sagittal T1, series {sid}2, slice 4 of 15 (left)"
+            views.append(_sagittal_view("sagittal_t1_left", title, _sagittal(rng) * 0.8, pts))
             distances.update(d)
             view_of.update(dict.fromkeys(d, "sagittal_t1_left"))
         for lv in ("l4_l5", "l5_s1"):
