@@ -11,8 +11,12 @@ DEV    := $(VENV)/.installed-dev
 
 venv: $(STAMP)
 
-# --no-compile: pip would byte-compile all ~20,000 modules (45 s); Python compiles the few
-# thousand that are imported, once, on first import.
+# --no-compile: pip would byte-compile all ~20,000 modules (45 s to 105 s); Python compiles
+# the few thousand that are imported, once, on first import, and caches them. That cache is
+# why PYTHONDONTWRITEBYTECODE (set on some machines and CI images) is unset here: with it,
+# every stage recompiles torch, timm and mlflow from source, about 20 s a process.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -272,7 +272,7 @@ def bench_step(
         model = model.to(memory_format=torch.channels_last)
     model.train()
     criterion = make_loss(cfg.training).to(rt.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True)
     scaler = rt.grad_scaler()
     x, y = rt.to_device(batch[0]), rt.to_device(batch[1])
 

@@ -350,24 +350,38 @@ def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
 
 
 def test_a_logged_grader_model_loads_back_and_predicts_the_same(tmp_path, no_tracking_env):
-    """log_torch_model skips MLflow's own load-and-predict check of the input example; this
-    is that check: the pt2 artifact loads (as torch and as pyfunc) and gives the model's
-    outputs."""
+    """With training.log_model, the fold run's hooks log the model (log_torch_model skips
+    MLflow's own load-and-predict check of the input example; this is that check): the pt2
+    artifact is the fold run's logged model, loads as torch and as pyfunc, and gives the
+    model's outputs. Without it, the run has no logged model."""
     import numpy as np
     import torch
 
     from spinegrade.models.backbones import create_backbone
-    from spinegrade.tracking.hooks import log_torch_model
+    from spinegrade.tracking.hooks import MlflowFoldHooks
 
     experiment = tracking.setup("models", tmp_path)
+    parent = tracking.parent_run(experiment, "key", "pipeline")
     torch.manual_seed(0)
     model = create_backbone("resnet18", 3, 32, {}).eval()
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    with mlflow.start_run(experiment_id=experiment) as run:
-        log_torch_model(model, (2, 3, 32, 32))
-    uri = f"runs:/{run.info.run_id}/model"
+    client = MlflowClient()
+    logged = {}
+    for fold, log_model in ((0, True), (1, False)):
+        hooks = MlflowFoldHooks(
+            experiment, parent, "spinal", "resnet18", {}, {}, log_model, (2, 3, 32, 32)
+        )
+        hooks.start(fold)
+        run_id = mlflow.active_run().info.run_id
+        hooks.end(fold, model, {"macro_recall": 0.5}, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+        logged[fold] = client.search_logged_models(
+            [experiment], filter_string=f"source_run_id = '{run_id}'"
+        )
+    assert not logged[1]
+    (model_info,) = logged[0]
+    uri = model_info.model_uri
     loaded = mlflow.pytorch.load_model(uri)
     with torch.no_grad():
         np.testing.assert_allclose(loaded(torch.from_numpy(x)).numpy(), expected, atol=1e-5)
