@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +23,8 @@ import time
 from pathlib import Path
 
 from spinegrade.cli.browser import CHROMIUM_ARGS, chromium_path
-
-LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*)\s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from spinegrade.cli.process_group import free_port
+from spinegrade.cli.ui import RUNS_LINK
 
 
 def _review_link(link: str) -> str:
@@ -76,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         try:
             deadline = time.monotonic() + 120
-            while not (m := LINK.search(log.read_text())):
+            while not (m := RUNS_LINK.search(log.read_text())):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     print(log.read_text(), file=sys.stderr)
                     return 1

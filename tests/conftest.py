@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from spinegrade.cli.process_group import free_port  # noqa: F401  (tests import it from here)
 from spinegrade.core.config import CropConfig, SyntheticConfig
 from spinegrade.data.convert import convert_all
 from spinegrade.data.crops import build_crops
@@ -117,13 +117,6 @@ def tiny_crops(tiny_ingest, tiny_volumes):
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (for a server the test starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def group_members(pgid: int) -> list[psutil.Process]:

@@ -11,7 +11,6 @@ root) or stops with a message saying what to install.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,13 +23,13 @@ from conftest import free_port, wait_for_output
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.cli.browser import CHROMIUM_ARGS, MISSING, chromium_path
+from spinegrade.cli.ui import RUNS_LINK
 from spinegrade.core import vocab
 from spinegrade.evaluation.compare import COLUMNS
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.comparison import comparison_experiment, log_comparison
 
 BACKBONES = ["resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224"]
-LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*)\s")
 
 
 def _table() -> pd.DataFrame:
@@ -84,7 +83,7 @@ def test_the_comparison_shows_in_the_mlflow_ui_without_a_click(comparison_store,
             start_new_session=True,
         )
     try:
-        link = wait_for_output(proc, log, LINK, 120.0).group(1)
+        link = wait_for_output(proc, log, RUNS_LINK, 120.0).group(1)
         experiment = mlflow.get_experiment_by_name(comparison_experiment("browser-test"))
         assert f"/experiments/{experiment.experiment_id}/runs" in link  # the first link
         with sync_playwright() as pw:

@@ -3,6 +3,8 @@ the ensemble, one prior for evaluate and predict, and the verdicts of the table.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,6 +94,30 @@ def test_study_sums_reproduce_the_official_score():
         assert sums[term].estimate() == pytest.approx(score[term], rel=1e-12)
     ones = np.ones((1, len(studies)))  # the "resample" that is the sample itself
     assert bs.rsna_score_samples(sums, ones)[0] == pytest.approx(score["score"], rel=1e-12)
+
+
+def test_study_scores_are_each_studys_own_official_score():
+    """One study's row equals rsna_score on that study's rows alone, also for a study
+    without spinal labels (no spinal or any_severe term: NaN, left out of its mean)."""
+    labels = _labels(6, 3)
+    no_spinal = (labels["study_id"] == 101) & labels["condition"].str.startswith("spinal")
+    labels = labels[~no_spinal]
+    solution = solution_from_labels(labels)
+    studies = sorted(labels["study_id"].unique())
+    sub = class_prior_submission(solution, studies)
+    sub[list(vocab.SEVERITY_COLUMNS)] = np.random.default_rng(4).dirichlet([1, 1, 1], len(sub))
+    table = bs.study_scores(bs.rsna_study_sums(solution, sub, studies))
+    assert list(table.index) == studies
+    for study in studies:
+        with warnings.catch_warnings():  # rsna_score warns of the missing spinal group
+            warnings.simplefilter("ignore")
+            own = rsna_score(solution[solution["study_id"] == study], sub)
+        for term in ("score", "spinal", "foraminal", "subarticular", "any_severe"):
+            if term in own:
+                assert table.at[study, term] == pytest.approx(own[term], rel=1e-12)
+            else:
+                assert np.isnan(table.at[study, term])
+    assert np.isnan(table.at[101, "spinal"]) and np.isnan(table.at[101, "any_severe"])
 
 
 def test_confusion_counts_give_the_same_recall_and_f1_as_sklearn():

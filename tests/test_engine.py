@@ -99,7 +99,7 @@ class LinearTask:
     def predict(self, model, batch):
         return {"proba": torch.softmax(model(batch[0]).float(), 1).double().cpu().numpy()}
 
-    def score(self, outputs):
+    def score(self, outputs, model):
         p = outputs["proba"][np.arange(len(self.labels)), self.labels]
         return {"val_loss": float(-np.log(p).mean())}
 

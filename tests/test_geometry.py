@@ -8,7 +8,14 @@ import pytest
 
 from spinegrade.core import vocab
 from spinegrade.data.dicom import read_series
-from spinegrade.data.geometry import nearest_slice, pixel_to_world, slice_normal, world_to_pixel
+from spinegrade.data.geometry import (
+    direction_letters,
+    nearest_slice,
+    orientation_labels,
+    pixel_to_world,
+    slice_normal,
+    world_to_pixel,
+)
 
 
 def test_pixel_world_round_trip():
@@ -97,3 +104,25 @@ def test_labelled_points_fall_on_their_anatomy(tiny_dataset):
         bright += value > 1.5 * np.median(px[px > 0])
     assert total > 50
     assert bright / total > 0.9
+
+
+SAGITTAL = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # rows run anterior to posterior, columns downward
+AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_orientation_labels_follow_the_dicom_directions():
+    assert orientation_labels(np.array(SAGITTAL)) == {
+        "left": "A",
+        "right": "P",
+        "top": "S",
+        "bottom": "I",
+    }
+    assert orientation_labels(np.array(AXIAL)) == {
+        "left": "R",
+        "right": "L",
+        "top": "A",
+        "bottom": "P",
+    }
+    tilt = np.deg2rad(30)  # an axial slice angled along a disc: rows tip toward superior
+    assert direction_letters(np.array([0.0, np.cos(tilt), np.sin(tilt)])) == "PS"
+    assert direction_letters(np.array([0.0, np.cos(0.1), -np.sin(0.1)])) == "P"

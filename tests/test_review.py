@@ -25,29 +25,7 @@ from spinegrade.core import vocab
 from spinegrade.data.tables import read_labels, read_series_table
 from spinegrade.inference.localize import localization_errors
 from spinegrade.inference.predict import predict_studies, write_review
-from spinegrade.inference.review import direction_letters, orientation_labels
 from spinegrade.scoring.metrics import EPS, rsna_score, solution_from_wide
-
-SAGITTAL = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # rows run anterior to posterior, columns downward
-AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-
-
-def test_orientation_labels_follow_the_dicom_directions():
-    assert orientation_labels(np.array(SAGITTAL)) == {
-        "left": "A",
-        "right": "P",
-        "top": "S",
-        "bottom": "I",
-    }
-    assert orientation_labels(np.array(AXIAL)) == {
-        "left": "R",
-        "right": "L",
-        "top": "A",
-        "bottom": "P",
-    }
-    tilt = np.deg2rad(30)  # an axial slice angled along a disc: rows tip toward superior
-    assert direction_letters(np.array([0.0, np.cos(tilt), np.sin(tilt)])) == "PS"
-    assert direction_letters(np.array([0.0, np.cos(0.1), -np.sin(0.1)])) == "P"
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,13 @@ def port_in_use(port: int, host: str = HOST) -> bool:
     return False
 
 
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` that nothing listens on now (for a server about to start)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def start_server(cmd: list[str], **popen_kwargs) -> subprocess.Popen:
     """Start ``cmd`` as the leader of a new session, so its process group is its own."""
     return subprocess.Popen(cmd, start_new_session=True, **popen_kwargs)

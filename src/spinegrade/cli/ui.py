@@ -16,6 +16,7 @@ process group, and Ctrl-C, SIGTERM or SIGHUP stop the whole group
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def server_command(uri: str, port: int, workers: int = 1, host: str = HOST) -> l
             store.as_uri(),
         ]
     return cmd
+
+
+# A runs link as main() prints it (what scripts and tests read from its output).
+RUNS_LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*)\s")
 
 
 def runs_url(base_url: str, experiment_id: str) -> str:

@@ -66,3 +66,31 @@ def nearest_slice(point: np.ndarray, positions: np.ndarray, iops: np.ndarray) ->
     d = np.abs(np.einsum("sk,sk->s", normals, np.asarray(point, dtype=np.float64) - positions))
     i = int(np.argmin(d))
     return i, float(d[i])
+
+
+# Patient axes (LPS) as the letter at the end each direction points to.
+_AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))
+
+
+def direction_letters(direction: np.ndarray) -> str:
+    """The end a patient-space direction (3,) points to, as radiologists label it: the
+    letters of its axes by weight ("P", or "PS" for an oblique one; a component under a
+    third of the largest is left out)."""
+    d = np.asarray(direction, dtype=np.float64)
+    order = np.argsort(-np.abs(d), kind="stable")
+    big = np.abs(d[order[0]])
+    return "".join(
+        _AXIS_LETTERS[i][int(d[i] > 0)] for i in order if np.abs(d[i]) >= big / 3 and big > 0
+    )
+
+
+def orientation_labels(iop: np.ndarray) -> dict[str, str]:
+    """Letters for the four edges of a slice with orientation ``iop`` (6,): columns grow
+    toward the right edge along R = iop[0:3], rows toward the bottom along C = iop[3:6]."""
+    row, col = np.asarray(iop[:3], dtype=np.float64), np.asarray(iop[3:], dtype=np.float64)
+    return {
+        "left": direction_letters(-row),
+        "right": direction_letters(row),
+        "top": direction_letters(-col),
+        "bottom": direction_letters(col),
+    }

@@ -107,13 +107,17 @@ def explain_rows(
     grade_points returns them). An ensemble is explained by its first backbone."""
     out = []
     points = points.reset_index(drop=True)
+    inputs: dict[str, CropDataset] = {}  # group -> every crop as its first member sees it
     for i, row in graded.reset_index(drop=True).iterrows():
-        grader = graders.get(vocab.GROUP_OF_CONDITION[points.loc[i, "condition"]])
+        group = vocab.GROUP_OF_CONDITION[points.loc[i, "condition"]]
+        grader = graders.get(group)
         if grader is None:
             continue
         member = grader.members[0]
-        ds = CropDataset(crops[i : i + 1], np.zeros(1, dtype=np.int64), member.mean, member.std)
-        x = ds[0][0][None].to(next(member.model.parameters()).device)
+        if group not in inputs:
+            labels = np.zeros(len(crops), dtype=np.int64)
+            inputs[group] = CropDataset(crops, labels, member.mean, member.std)
+        x = inputs[group][i][0][None].to(next(member.model.parameters()).device)
         proba = row[list(vocab.SEVERITY_COLUMNS)].to_numpy(dtype=float)
         target = int(np.argmax(proba))
         title = (

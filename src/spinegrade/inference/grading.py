@@ -56,8 +56,11 @@ class Grader:
             return np.zeros((0, 3))
         per_backbone: dict[str, list[np.ndarray]] = {}
         labels = np.zeros(len(crops), dtype=np.int64)
+        inputs: dict[tuple, CropDataset] = {}  # one per input normalisation, not per member
         for m in self.members:
-            ds = CropDataset(crops, labels, m.mean, m.std)
+            if (m.mean, m.std) not in inputs:
+                inputs[m.mean, m.std] = CropDataset(crops, labels, m.mean, m.std)
+            ds = inputs[m.mean, m.std]
             p = apply_temperature(predict_proba(m.model, ds, 64, self.precision), m.temperature)
             per_backbone.setdefault(m.backbone, []).append(p)
         return np.mean([np.mean(ps, axis=0) for ps in per_backbone.values()], axis=0)

@@ -25,44 +25,18 @@ from PIL import Image
 
 from spinegrade.core import vocab
 from spinegrade.data.dicom import Stack
-from spinegrade.data.geometry import world_to_pixel
+from spinegrade.data.geometry import orientation_labels, world_to_pixel
 from spinegrade.inference.explain import Explanation, cam_overlay
 from spinegrade.inference.localize import localization_errors
 from spinegrade.inference.studies import StudyVolumes, largest
-from spinegrade.scoring.metrics import row_losses, rsna_score
+from spinegrade.scoring.bootstrap import rsna_study_sums, study_scores
+from spinegrade.scoring.metrics import row_losses
 
 VIEW_MAX_PX = 384  # a view's longest side on the page (real series are 512-1024 px)
 THUMB_PX = 96  # the overview's thumbnail width
 JPEG_QUALITY = 85
 
 _SIDES = ("left", "right")
-
-# Patient axes (LPS) as the letter at the end each direction points to.
-_AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))
-
-
-def direction_letters(direction: np.ndarray) -> str:
-    """The end a patient-space direction (3,) points to, as radiologists label it: the
-    letters of its axes by weight ("P", or "PS" for an oblique one; a component under a
-    third of the largest is left out)."""
-    d = np.asarray(direction, dtype=np.float64)
-    order = np.argsort(-np.abs(d), kind="stable")
-    big = np.abs(d[order[0]])
-    return "".join(
-        _AXIS_LETTERS[i][int(d[i] > 0)] for i in order if np.abs(d[i]) >= big / 3 and big > 0
-    )
-
-
-def orientation_labels(iop: np.ndarray) -> dict[str, str]:
-    """Letters for the four edges of a slice with orientation ``iop`` (6,): columns grow
-    toward the right edge along R = iop[0:3], rows toward the bottom along C = iop[3:6]."""
-    row, col = np.asarray(iop[:3], dtype=np.float64), np.asarray(iop[3:], dtype=np.float64)
-    return {
-        "left": direction_letters(-row),
-        "right": direction_letters(row),
-        "top": direction_letters(-col),
-        "bottom": direction_letters(col),
-    }
 
 
 @dataclass
@@ -308,6 +282,10 @@ def review_data(
     labelled = labelled if labelled is not None else found.iloc[0:0]
     distance = _distances(found, labelled)
     losses = row_losses(solution, submission) if has_answers else None
+    scores = pd.DataFrame()
+    if has_answers:
+        scored = [p.study_id for p in pictures if (solution["study_id"] == p.study_id).any()]
+        scores = study_scores(rsna_study_sums(solution, submission, scored))
     proba = submission.set_index("row_id")[list(vocab.SEVERITY_COLUMNS)]
     index_rows, details = [], []
     for pic in pictures:
@@ -353,10 +331,9 @@ def review_data(
                     }
                 )
         study_loss, group_loss = None, None
-        if has_answers and (solution["study_id"] == sid).any():
-            score = rsna_score(solution[solution["study_id"] == sid], submission)
-            study_loss = _finite(score["score"])
-            group_loss = {g: _finite(score.get(g, float("nan"))) for g in vocab.GROUPS}
+        if sid in scores.index:
+            study_loss = _finite(scores.at[sid, "score"])
+            group_loss = {g: _finite(scores.at[sid, g]) for g in vocab.GROUPS}
         mine = [d for r in rows if (d := r["distance_mm"]) is not None]
         first = next((v for v in pic.views if v.id == "sagittal_t2"), None) or next(
             iter(pic.views), None

@@ -92,6 +92,16 @@ def rsna_study_sums(
     return out
 
 
+def study_scores(sums: dict[str, StudySums]) -> pd.DataFrame:
+    """Each study's own rsna score: per study (rows in the sums' order) every term and
+    ``score``, their mean, as ``rsna_score`` on that study's rows alone would give them
+    (a term the study has no rows of is NaN and left out of the mean)."""
+    first = next(iter(sums.values()))
+    table = pd.DataFrame({t: _ratio(s.num, s.den) for t, s in sums.items()}, index=first.studies)
+    table["score"] = table[list(sums)].mean(axis=1, skipna=True)
+    return table
+
+
 def rsna_score_samples(sums: dict[str, StudySums], counts: np.ndarray) -> np.ndarray:
     """(R,) the rsna score (mean of the terms present) in each resample."""
     terms = [t for t in TERMS if t in sums and sums[t].den.sum() > 0]

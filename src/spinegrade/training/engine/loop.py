@@ -55,8 +55,10 @@ class Task(Protocol):
         """Per-sample validation outputs of a batch (under autocast and no_grad)."""
         ...
 
-    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        """Validation metrics of the whole set's outputs; must include ``val_loss``."""
+    def score(self, outputs: dict[str, np.ndarray], model: nn.Module) -> dict[str, float]:
+        """Validation metrics of the whole set's outputs; must include ``val_loss``.
+        ``model`` holds the epoch's weights (not wrapped in DDP), for a task that keeps the
+        weights of epochs it chooses itself."""
         ...
 
 
@@ -254,7 +256,7 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> Fit
         row = {
             "epoch": epoch,
             "train_loss": total / max(seen, 1.0),
-            **task.score(outputs),
+            **task.score(outputs, model),
             "lr": float(optimizer.param_groups[0]["lr"]),
         }
         if not math.isfinite(row["val_loss"]):

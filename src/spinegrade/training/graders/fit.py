@@ -105,7 +105,7 @@ class GraderTask:
 
     ``choices`` maps each scored fold to the positions (in the validation set) of its inner
     fold: after every epoch, a fold whose inner loss improved keeps that epoch (``chosen``:
-    its epoch, ``model``'s weights and the probabilities). The epoch's reported
+    its epoch, the model's weights and the probabilities). The epoch's reported
     ``val_loss`` and scores are over the one inner fold when there is one choice, else over
     the whole validation set."""
 
@@ -113,10 +113,9 @@ class GraderTask:
         self,
         criterion: nn.Module,
         labels: np.ndarray,
-        model: nn.Module | None = None,
         choices: dict[int, np.ndarray] | None = None,
     ) -> None:
-        self.criterion, self.labels, self.model = criterion, labels, model
+        self.criterion, self.labels = criterion, labels
         self.choices = choices or {}
         self.chosen = {k: Choice() for k in self.choices}
         self.epochs = 0
@@ -131,15 +130,13 @@ class GraderTask:
         logits = model(batch[0])
         return {"proba": torch.softmax(logits.float(), dim=1).double().cpu().numpy()}
 
-    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    def score(self, outputs: dict[str, np.ndarray], model: nn.Module) -> dict[str, float]:
         proba = outputs["proba"]
         self.epochs += 1
         for fold, rows in self.choices.items():
             loss = metric_loss(proba[rows], self.labels[rows])
             if loss < self.chosen[fold].loss:
-                state = {
-                    k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
-                }
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 self.chosen[fold] = Choice(self.epochs, loss, state, proba)
         proba, labels = proba[self.shown], self.labels[self.shown]
         scores = classification_metrics(labels, proba)
@@ -232,7 +229,7 @@ def train_fold(
         oom_hint=f"train-per-condition.training.batch_size or crop-rois.size_px (now {size} px)",
     )
     loss = make_loss(cfg).to(rt.device)  # class weights too
-    task = GraderTask(loss, val_labels, model, choices)
+    task = GraderTask(loss, val_labels, choices)
     res = fit(model, train_ds, val_ds, task, recipe, settings, rt, on_epoch)
     result = FoldResult(
         res.state,
