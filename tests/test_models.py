@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 
+import huggingface_hub.constants
 import pytest
 import safetensors.torch
 import timm
@@ -52,8 +54,21 @@ def test_unknown_backbone_is_a_config_error():
         create_backbone("resnet5O", 3, 48)
 
 
+def _unreachable(*args, **kwargs):
+    raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+
+def _no_dns(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
 def test_pretrained_without_network_fails_clearly(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # A machine without network, as name lookup and connect() report it there, and the
+    # hub in offline mode: the HF_HUB_OFFLINE variable is read once, when huggingface_hub
+    # is imported, so setting it here was ignored and the hub retried for 47 s.
+    monkeypatch.setattr(socket, "getaddrinfo", _no_dns)
+    monkeypatch.setattr(socket.socket, "connect", _unreachable)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="pretrained: false"):
         create_backbone("resnet18", 3, 48, pretrained=True)
 
