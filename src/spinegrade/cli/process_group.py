@@ -38,10 +38,13 @@ class _Stop(Exception):
     """Raised by the SIGTERM/SIGHUP handler to leave the wait loop."""
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def port_in_use(port: int, host: str = HOST) -> bool:
     """True if ``host:port`` cannot be bound (another server listens there)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
             sock.bind((host, port))
@@ -54,7 +57,7 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 
 def free_port(host: str = HOST) -> int:
     """A TCP port on ``host`` that nothing listens on now (for a server about to start)."""
-    with socket.socket() as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 

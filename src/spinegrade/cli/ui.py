@@ -71,7 +71,7 @@ def server_command(uri: str, port: int, workers: int = 1, host: str = HOST) -> l
 
 
 # A runs link as main() prints it (what scripts and tests read from its output).
-RUNS_LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*)\s")
+RUNS_LINK = re.compile(rf"(http://{re.escape(HOST)}:\d+/#/experiments/\d+/runs\S*)\s")
 
 
 def runs_url(base_url: str, experiment_id: str) -> str:
