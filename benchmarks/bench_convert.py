@@ -34,7 +34,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from spinegrade.core.config import SyntheticConfig, load_params
+from spinegrade.core.config.params import load_params
+from spinegrade.core.config.synthesize import SyntheticConfig
 from spinegrade.data.convert import convert_all
 from spinegrade.data.ingest import ingest
 from spinegrade.synthetic.dataset import generate_dataset

@@ -73,7 +73,8 @@ import yaml
 
 from spinegrade.cli.preset import overrides
 from spinegrade.core import vocab
-from spinegrade.core.config import SYNTHETIC_ROOT, load_params
+from spinegrade.core.config.data import SYNTHETIC_ROOT
+from spinegrade.core.config.params import load_params
 from spinegrade.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -53,7 +53,9 @@ import numpy as np
 import torch
 from bench_args import add_engine_args, checked, default_precisions
 
-from spinegrade.core.config import EngineConfig, TrainConfig, load_params
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.params import load_params
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.runtime import (
     Runtime,

@@ -36,7 +36,10 @@ import pandas as pd
 import torch
 from bench_args import add_engine_args, checked, default_precisions
 
-from spinegrade.core.config import EngineConfig, Recipe, TrainConfig, load_params
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.params import load_params
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.runtime import check, check_precision, describe, make_runtime, set_threads

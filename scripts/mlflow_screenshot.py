@@ -31,7 +31,7 @@ def _review_link(link: str) -> str:
     """The artifact view of review.html in the newest predict run of this workspace."""
     import mlflow
 
-    from spinegrade.core.config import load_params
+    from spinegrade.core.config.params import load_params
     from spinegrade.tracking import store
 
     experiment = store.setup(load_params("params.yaml").mlflow.experiment)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from spinegrade.core import vocab  # noqa: E402
-from spinegrade.core.config import SyntheticConfig  # noqa: E402
+from spinegrade.core.config.synthesize import SyntheticConfig  # noqa: E402
 from spinegrade.data.dicom import read_series  # noqa: E402
 from spinegrade.synthetic.dataset import generate_study  # noqa: E402
 

@@ -25,7 +25,9 @@ import mlflow
 import pandas as pd
 
 from spinegrade.core import vocab
-from spinegrade.core.config import load_params
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.mlflow import MlflowConfig
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_path, write_csv, write_json
 from spinegrade.evaluation.compare import (
@@ -34,15 +36,20 @@ from spinegrade.evaluation.compare import (
     recall_gflops_figure,
     to_markdown,
 )
-from spinegrade.evaluation.evaluate import ensemble_table
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.comparison import log_comparison
 from spinegrade.tracking.registry import register_choice
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (TrainConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--evaluation", default="reports/evaluate.json", help="evaluate's report")
+    parser.add_argument(
+        "--evaluated", default="data/evaluate", help="evaluate's output (the ensemble's OOF tables)"
+    )
     parser.add_argument("--models", default="models", help="training outputs: {group}/{backbone}/")
     parser.add_argument("--crops", default="data/crops", help="crops (for run provenance only)")
     parser.add_argument("--folds", default="data/folds.csv", help="folds (for run provenance only)")
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        params = load_params(args.params)
+        params = load_sections(args.params, *SECTIONS)
         cfg = params.train_per_condition
         evaluation = json.loads(Path(args.evaluation).read_text())
         costs = {
@@ -112,11 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 for b, t in models.items()
                 for g in cfg.groups
             }
-            for g in cfg.groups:
-                datasets[(g, vocab.ENSEMBLE)] = (
-                    ensemble_table([models[b][g] for b in cfg.backbones]),
-                    f"{args.models}/{g}/*/oof.csv (mean)",
-                )
+            for g in table.loc[table["model"] == vocab.ENSEMBLE, "group"]:
+                path = Path(args.evaluated) / vocab.ensemble_oof_csv(g)
+                datasets[(g, vocab.ENSEMBLE)] = (pd.read_csv(path), str(path))
             run_ids = log_comparison(
                 params.mlflow.experiment,
                 parent,

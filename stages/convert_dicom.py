@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.convert_dicom import ConvertConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import write_json
 from spinegrade.data.convert import convert_all
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (ConvertConfig,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        cfg = load_params(args.params).convert_dicom
+        cfg = load_sections(args.params, *SECTIONS).convert_dicom
         ingest_dir = Path(args.ingest)
         source = json.loads((ingest_dir / "source.json").read_text())
         series = pd.read_csv(ingest_dir / "series.csv")

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json, write_npy
 from spinegrade.data.crops import build_crops
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (CropConfig,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        cfg = load_params(args.params).crop_rois
+        cfg = load_sections(args.params, *SECTIONS).crop_rois
         labels = pd.read_csv(args.labels, dtype={"series_id": "Int64", "instance_number": "Int64"})
         slices = pd.read_csv(Path(args.volumes) / "slices.csv")
         groups, report = build_crops(labels, slices, args.volumes, cfg)

@@ -18,12 +18,19 @@ import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 
-from spinegrade.core.config import load_params
+from spinegrade.core import vocab
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.evaluate import EvaluateConfig
+from spinegrade.core.config.mlflow import MlflowConfig
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.evaluation.evaluate import evaluate
 from spinegrade.evaluation.plots import reliability_figure
 from spinegrade.tracking import store as tracking
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (TrainConfig, EvaluateConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        params = load_params(args.params)
+        params = load_sections(args.params, *SECTIONS)
         cfg = params.train_per_condition
         oof = {
             (g, b): pd.read_csv(Path(args.models) / g / b / "oof.csv")
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_dir(args.out) as tmp:
             for backbone, sub in result.submissions.items():
                 write_csv(tmp / f"oof_submission_{backbone}.csv", sub)
+            for group, table in result.ensembles.items():
+                write_csv(tmp / vocab.ensemble_oof_csv(group), table)
         with atomic_dir(args.plots) as tmp:
             for (group, backbone), table in result.confusions.items():
                 write_csv(tmp / f"{group}-{backbone}.csv", table)

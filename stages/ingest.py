@@ -12,10 +12,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.data import DataConfig
+from spinegrade.core.config.ingest import IngestConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.data.ingest import ingest
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (DataConfig, IngestConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        params = load_params(args.params)
+        params = load_sections(args.params, *SECTIONS)
         root = Path(params.data.root)
         result = ingest(root, params.ingest.on_error)
         with atomic_dir(args.out) as tmp:

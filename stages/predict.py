@@ -22,7 +22,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.crop_rois import CropConfig
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.evaluate import EvaluateConfig
+from spinegrade.core.config.mlflow import MlflowConfig
+from spinegrade.core.config.predict import PredictConfig
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
@@ -49,6 +55,10 @@ def _summary(report: dict) -> dict[str, str]:
     return out
 
 
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (PredictConfig, EngineConfig, TrainConfig, CropConfig, EvaluateConfig, MlflowConfig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--source", default="data/ingest/source.json", help="ingest's source.json")
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        params = load_params(args.params)
+        params = load_sections(args.params, *SECTIONS)
         cfg = params.predict
         set_threads(params.engine.threads)
         root = Path(json.loads(Path(args.source).read_text())["images_root"])

@@ -9,10 +9,14 @@ import sys
 
 import pandas as pd
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.split_folds import FoldsConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import write_csv, write_json
 from spinegrade.data.folds import fold_report, split_folds
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (FoldsConfig,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        cfg = load_params(args.params).split_folds
+        cfg = load_sections(args.params, *SECTIONS).split_folds
         labels = pd.read_csv(args.labels)
         folds = split_folds(labels, cfg.n_folds, cfg.seed)
         write_csv(args.out, folds)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config.base import load_sections
+from spinegrade.core.config.data import DataConfig
+from spinegrade.core.config.synthesize import SyntheticConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir
 from spinegrade.synthetic import generate_dataset
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (DataConfig, SyntheticConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        params = load_params(args.params)
+        params = load_sections(args.params, *SECTIONS)
         if params.data.source == "synthetic":
             generate_dataset(params.synthesize, args.out)
             return

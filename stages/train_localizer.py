@@ -20,7 +20,9 @@ import mlflow
 import pandas as pd
 from safetensors.torch import save_file
 
-from spinegrade.core.config import Params
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.mlflow import MlflowConfig
+from spinegrade.core.config.train_localizer import LocalizerConfig, localizer_engine
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
@@ -29,6 +31,14 @@ from spinegrade.tracking import store as tracking
 from spinegrade.tracking.system import log_runtime, start_system_metrics
 from spinegrade.training.engine.distributed import launch_stage
 from spinegrade.training.localizers.fit import train_localizer
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (LocalizerConfig, EngineConfig, MlflowConfig)
+
+
+def engine(params) -> EngineConfig:
+    """The engine params with train-localizer's own precision, where it sets one."""
+    return localizer_engine(params.train_localizer, params.engine)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    def train(params: Params, rt: Runtime) -> None:
+    def train(params, rt: Runtime) -> None:
         cfg = params.train_localizer
         spec = point_spec(args.series)
         inp = cfg.input_for(args.series)
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_params(
                 tracking.flatten(
                     cfg.model_dump(exclude={"inputs"})
-                    | {"input": inp.model_dump(), "engine": params.localizer_engine().model_dump()}
+                    | {"input": inp.model_dump(), "engine": engine(params).model_dump()}
                 )
             )
             log_runtime(rt)
@@ -90,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(tmp / "metrics.json", result.metrics)
             mlflow.log_artifacts(args.out, "localizer")
 
-    return run(
-        lambda: launch_stage(args.params, __file__, argv, train, engine=Params.localizer_engine)
-    )
+    return run(lambda: launch_stage(args.params, __file__, argv, train, SECTIONS, engine))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import save_file
 
-from spinegrade.core.config import Params
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.mlflow import MlflowConfig
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
@@ -32,6 +34,9 @@ from spinegrade.tracking import store as tracking
 from spinegrade.tracking.hooks import MlflowFoldHooks
 from spinegrade.training.engine.distributed import launch_stage
 from spinegrade.training.graders.fit import FoldHooks, train_group_backbone
+
+# The params sections this stage reads (dvc.yaml declares the same).
+SECTIONS = (TrainConfig, EngineConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    def train(params: Params, rt: Runtime) -> None:
+    def train(params, rt: Runtime) -> None:
         cfg = params.train_per_condition
         # memory-mapped: data-loader workers share the file's pages instead of copies
         crops = np.load(Path(args.crops) / f"{args.group}.npy", mmap_mode="r")
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 with atomic_path(tmp / f"fold{fold}.safetensors") as path:
                     save_file(state, str(path))
 
-    return run(lambda: launch_stage(args.params, __file__, argv, train))
+    return run(lambda: launch_stage(args.params, __file__, argv, train, SECTIONS))
 
 
 if __name__ == "__main__":

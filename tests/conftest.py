@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic dataset and the data stages run on it, once per session.
+"""Fixtures and hooks: a tiny synthetic dataset and the data stages run on it, once per
+session (helpers.py holds the functions tests import).
 
 The params are the real ones shrunk (few studies, small images, one worker), so every test
 exercises the same code the pipeline runs.
@@ -6,25 +7,14 @@ exercises the same code the pipeline runs.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import psutil
-import pydicom
 import pytest
 import torch
-import yaml
+from helpers import build_tiny_pipeline, tiny_synthetic
 
-from spinegrade.cli.process_group import free_port  # noqa: F401  (tests import it from here)
-from spinegrade.core.config import CropConfig, SyntheticConfig
+from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.data.convert import convert_all
 from spinegrade.data.crops import build_crops
 from spinegrade.data.ingest import ingest
@@ -40,54 +30,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-IDENTIFIER_TAGS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "InstitutionName",
-    "ReferringPhysicianName",
-)
-
-
-def header_identifiers(root: Path) -> set[str]:
-    """The patient identifiers written in the dataset's DICOM headers (one file per study)."""
-    found: set[str] = set()
-    for study in sorted(root.glob("*_images/*")):
-        first = next(study.rglob("*.dcm"))
-        ds = pydicom.dcmread(first, stop_before_pixels=True)
-        found |= {str(ds[t].value) for t in IDENTIFIER_TAGS if t in ds}
-    assert found, f"no DICOM headers found under {root}"
-    return found
-
-
-def assert_no_identifiers(paths, identifiers: set[str]) -> None:
-    """Fail naming the file and identifier if any identifier occurs in any file's bytes."""
-    checked = 0
-    for p in paths:
-        blob = p.read_bytes()
-        checked += 1
-        for ident in identifiers:
-            assert ident.encode() not in blob, f"{ident!r} leaked into {p}"
-    assert checked, "no files to check"
-
-
-def tiny_synthetic(**overrides) -> SyntheticConfig:
-    """Generator settings for tests: 8 train + 2 test studies at small image sizes."""
-    base = SyntheticConfig(
-        seed=7,
-        n_train_studies=8,
-        n_test_studies=2,
-        workers=1,
-        sagittal_sizes=(96, 112),
-        axial_sizes=(80, 96),
-        sagittal_slices=(13, 15),
-        multi_axial_rate=0.4,
-        instance_quirk_rate=0.5,
-        missing_label_rate=0.05,
-    )
-    return base.model_copy(update=overrides)
 
 
 @pytest.fixture(scope="session")
@@ -116,58 +58,8 @@ def tiny_crops(tiny_ingest, tiny_volumes):
     return build_crops(tiny_ingest.labels, slices, out, CropConfig(slices=3, size_px=32))
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    out = []
-    for p in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
-
-
-def run_dvc(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    """The venv's dvc in ``cwd``, with the venv on PATH and no MLFLOW_TRACKING_URI."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def dvc_workspace(dest: Path, shrink: Callable[[dict], None]) -> Path:
-    """A DVC project in ``dest``: the repo's dvc.yaml, stages and src, params.yaml as
-    changed by ``shrink`` (which edits the parsed params in place), the device pinned to
-    the CPU."""
-    shutil.copy(REPO / "dvc.yaml", dest)
-    shutil.copytree(REPO / "stages", dest / "stages")
-    shutil.copytree(REPO / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["engine"]["device"] = "cpu"  # byte-identical outputs are promised on CPU only
-    # tiny crops reach 1x1 feature maps, where oneDNN's bf16 backward returned NaN gradients
-    params["engine"]["precision"] = "fp32"
-    shrink(params)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert run_dvc(dest, "init", "--no-scm", "-q").returncode == 0
-    return dest
-
-
-def wait_for_output(proc: subprocess.Popen, log: Path, pattern: re.Pattern, timeout: float):
-    """The first match of ``pattern`` in ``log`` (a process's output file), polled until
-    ``timeout`` s; AssertionError with the output if the process exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if m := pattern.search(text):
-            return m
-        assert proc.poll() is None, f"spinegrade.cli.ui exited with {proc.returncode}:\n{text}"
-        time.sleep(0.3)
-    raise AssertionError(f"no {pattern.pattern!r} within {timeout} s:\n{log.read_text()}")
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """The whole pipeline run once per session by `dvc repro` on tiny data (one epoch, the
+    configured backbones): read it, or change a copy (helpers.copy_workspace)."""
+    return build_tiny_pipeline(tmp_path_factory.mktemp("pipeline"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import free_port, wait_for_output
+from helpers import free_port, wait_for_output
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.cli.browser import CHROMIUM_ARGS, MISSING, chromium_path

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from spinegrade.core import vocab
-from spinegrade.core.config import EvaluateConfig, Recipe, TrainingConfig
+from spinegrade.core.config.evaluate import EvaluateConfig
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.train_per_condition import TrainingConfig
 from spinegrade.evaluation.compare import comparison_table, to_markdown
 from spinegrade.evaluation.evaluate import ensemble_table, evaluate
 from spinegrade.models.backbones import input_normalization, predict_proba

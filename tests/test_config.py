@@ -9,18 +9,17 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from spinegrade.core.config import (
-    ConvertConfig,
-    CropConfig,
-    FoldsConfig,
-    LocalizerConfig,
-    LocalizerInput,
-    Params,
-    Recipe,
-    TrainConfig,
-    TrainingConfig,
-    load_params,
-)
+from spinegrade.core.config.base import SECTIONS, load_sections
+from spinegrade.core.config.convert_dicom import ConvertConfig
+from spinegrade.core.config.crop_rois import CropConfig
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.localizer_input import LocalizerInput
+from spinegrade.core.config.params import Params, load_params
+from spinegrade.core.config.predict import PredictConfig
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.split_folds import FoldsConfig
+from spinegrade.core.config.train_localizer import LocalizerConfig
+from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,3 +236,45 @@ def test_models_take_attribute_names_as_keyword_arguments():
     assert LocalizerConfig().input_for("axial_t2") == LocalizerInput()  # optional inputs
     with pytest.raises(ValidationError, match="valid integer"):
         ConvertConfig(workers="two")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- one section at a time
+
+
+def test_a_stage_loads_only_its_sections(tmp_path):
+    """load_sections validates the sections asked for: another section's bad value is not
+    this stage's error (DVC re-runs a stage only for the params it declares)."""
+    path = _write(tmp_path, "convert-dicom:\n  workers: 3\npredict:\n  on_error: ignore\n")
+    params = load_sections(path, ConvertConfig, EngineConfig)
+    assert params.convert_dicom == ConvertConfig(workers=3)
+    assert params.engine == EngineConfig()  # absent from the file: the defaults
+    assert not hasattr(params, "predict")
+    with pytest.raises(ValidationError, match="frozen"):
+        params.engine = EngineConfig()  # type: ignore[misc]
+    with pytest.raises(ConfigError, match=r"predict\.on_error: expected one of"):
+        load_sections(path, PredictConfig)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("crop_rois:\n  slices: 3\n", r"unknown key\(s\) crop_rois \(expected some of \["),
+        ("convert-dicom:\n  workers: two\n", r"convert-dicom\.workers: expected an integer"),
+        ("convert-dicom:\n  wokers: 2\n", r"unknown key\(s\) convert-dicom\.wokers"),
+    ],
+)
+def test_a_stage_still_refuses_unknown_sections_and_bad_keys_of_its_own(tmp_path, text, match):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {match}"):
+        load_sections(path, ConvertConfig)
+
+
+def test_every_section_has_its_module_and_key():
+    """SECTIONS lists params.yaml's top-level keys; Params has one field per key, each a
+    model whose ``key`` is that key and which lives in core/config/<key>.py."""
+    fields = {f.alias or n: f.annotation for n, f in Params.model_fields.items()}
+    assert list(fields) == list(SECTIONS)
+    for key, model in fields.items():
+        assert model.key == key
+        assert model.__module__ == f"spinegrade.core.config.{key.replace('-', '_')}"
+    assert list(yaml.safe_load((REPO / "params.yaml").read_text())) == list(SECTIONS)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_no_identifiers, header_identifiers
+from helpers import assert_no_identifiers, header_identifiers
 
 from spinegrade.core.errors import DicomError
 from spinegrade.data.convert import convert_all

@@ -21,13 +21,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from spinegrade.core import runtime
-from spinegrade.core.config import (
-    EngineConfig,
-    Recipe,
-    TrainConfig,
-    TrainingConfig,
-    load_params,
-)
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.params import load_params
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.train_localizer import localizer_engine
+from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.errors import ConfigError, TrainingError
 from spinegrade.core.runtime import Runtime, make_runtime
 from spinegrade.tracking import store as tracking
@@ -233,13 +231,14 @@ def test_the_localizers_own_precision_overrides_the_engines(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("engine:\n  precision: bf16\n  threads: 3\n")
     params = load_params(path)
-    assert params.localizer_engine() == params.engine  # unset: the engine's
+    # unset: the engine's
+    assert localizer_engine(params.train_localizer, params.engine) == params.engine
     path.write_text(
         "engine:\n  precision: bf16\n  threads: 3\ntrain-localizer:\n  precision: fp32\n"
     )
     params = load_params(path)
-    assert params.localizer_engine().precision == "fp32"
-    assert params.localizer_engine().threads == 3
+    assert localizer_engine(params.train_localizer, params.engine).precision == "fp32"
+    assert localizer_engine(params.train_localizer, params.engine).threads == 3
     assert params.engine.precision == "bf16"
 
 

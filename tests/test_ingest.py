@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 
 from spinegrade.core import vocab
 from spinegrade.core.errors import DataError

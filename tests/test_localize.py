@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from spinegrade.core import vocab
-from spinegrade.core.config import LocalizerConfig, LocalizerInput
+from spinegrade.core.config.localizer_input import LocalizerInput
+from spinegrade.core.config.train_localizer import LocalizerConfig
 from spinegrade.core.errors import ConfigError
 from spinegrade.data.convert import load_stack
 from spinegrade.data.crops import normalize_stack

@@ -40,7 +40,7 @@ import psutil
 import psycopg
 import pytest
 import yaml
-from conftest import free_port, group_members
+from helpers import free_port, group_members
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image

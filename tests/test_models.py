@@ -12,7 +12,7 @@ import safetensors.torch
 import timm
 import torch
 
-from spinegrade.core.config import load_params
+from spinegrade.core.config.params import load_params
 from spinegrade.core.errors import ConfigError
 from spinegrade.models.backbones import count_flops, count_parameters, create_backbone, model_flops
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, dvc_workspace, run_dvc
+from helpers import REPO, copy_workspace, run_dvc
 from mlflow.tracking import MlflowClient
 
 from spinegrade.core import vocab
@@ -23,23 +23,9 @@ DATA_STAGES = ("ingest", "convert-dicom", "crop-rois", "split-folds")
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    def shrink(params: dict) -> None:
-        params["synthesize"].update(
-            n_train_studies=9, n_test_studies=2, workers=1, sagittal_sizes=[112], axial_sizes=[96]
-        )
-        params["convert-dicom"]["workers"] = 1
-        params["split-folds"]["n_folds"] = 3
-        params["train-per-condition"]["training"].update(epochs=1, batch_size=16)
-        loc = params["train-localizer"]
-        loc.update(batch_size=8, decoder_channels=8)
-        for inp in loc["inputs"].values():
-            inp.update(image_px=64, epochs=1)
-
-    work = dvc_workspace(tmp_path_factory.mktemp("pipeline"), shrink)
-    proc = run_dvc(work, "repro")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work
+def pipeline(tiny_pipeline) -> Path:
+    """The session's finished tiny pipeline (conftest.tiny_pipeline), read only."""
+    return tiny_pipeline
 
 
 def _params(work: Path) -> dict:
@@ -204,7 +190,8 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
 
 
 @pytest.mark.slow
-def test_training_param_change_reruns_only_training_onwards(pipeline):
+def test_training_param_change_reruns_only_training_onwards(pipeline, tmp_path):
+    pipeline = copy_workspace(pipeline, tmp_path / "work")
     status = run_dvc(pipeline, "status")
     assert "up to date" in status.stdout, status.stdout
     params = _params(pipeline)

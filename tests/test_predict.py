@@ -17,14 +17,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import assert_no_identifiers, header_identifiers
+from helpers import assert_no_identifiers, header_identifiers
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from safetensors.torch import save_file
 
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
-from spinegrade.core.config import CropConfig, LocalizerInput, Recipe, TrainConfig
+from spinegrade.core.config.crop_rois import CropConfig
+from spinegrade.core.config.localizer_input import LocalizerInput
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV
 from spinegrade.data.tables import read_series_table

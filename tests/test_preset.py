@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from spinegrade.cli.preset import _merge, command, main, overrides
-from spinegrade.core.config import load_params
+from spinegrade.core.config.params import load_params
 from spinegrade.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_no_identifiers, header_identifiers
+from helpers import assert_no_identifiers, header_identifiers
 from PIL import Image
 from test_predict import _cli, _write_models, bundle  # noqa: F401  (the module's fixture)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +20,9 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import assert_no_identifiers, dvc_workspace, header_identifiers, run_dvc
+from helpers import assert_no_identifiers, dvc_workspace, header_identifiers, run_dvc
 
-from spinegrade.core.config import Params
+from spinegrade.core.config.base import SECTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("crop-rois", "split-folds")  # with their upstream: the four data stages
@@ -176,69 +176,121 @@ def test_stage_help_describes_it():
     assert "geometry" in proc.stdout and "--params" in proc.stdout
 
 
-def _imports(path: Path, seen: set[str]) -> None:
-    """Add the spinegrade modules ``path`` imports, transitively (with the packages Python
-    imports on the way), as repo-relative paths of their files."""
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if (
-            isinstance(node, ast.ImportFrom)
-            and node.module
-            and node.module.startswith("spinegrade")
-        ):
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("spinegrade")]
-        for name in names:
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):  # spinegrade, spinegrade.data, ...
-                base = "src/" + "/".join(parts[:i])
-                for rel in (base + ".py", base + "/__init__.py"):
-                    if (REPO / rel).is_file() and rel not in seen:
-                        seen.add(rel)
-                        _imports(REPO / rel, seen)
+def _load_script(name: str):
+    """A script of scripts/ as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _packages(modules: set[str]) -> set[str]:
-    """The directories DVC should depend on: the package directory of every module, and the
-    ``__init__.py`` of each package above it (which Python runs, but whose directory holds
-    other packages); spinegrade's own ``__init__.py`` (a version string) is left out."""
-    out = set()
-    for rel in modules:
-        parent = Path(rel).parent
-        if parent == Path("src/spinegrade") or not (REPO / parent / "__init__.py").is_file():
-            continue
-        nested = any((d / "__init__.py").is_file() for d in (REPO / parent).iterdir())
-        out.add(rel if nested and rel.endswith("__init__.py") else str(parent))
-    for d in list(out):
-        for anc in Path(d).parents:
-            if anc == Path("src/spinegrade") or anc == Path("src"):
-                break
-            out.add(str(anc / "__init__.py"))
-    return {d for d in out if not any(d.startswith(o + "/") for o in out if not o.endswith(".py"))}
+stage_deps = _load_script("stage_deps")
 
 
-def test_dvc_yaml_declares_the_code_and_params_each_stage_reads():
+def _declared_code(stage: dict) -> list[str]:
+    return [d for d in stage["deps"] if d.startswith(("src/", "stages/"))]
+
+
+def test_each_stage_depends_on_exactly_the_code_it_imports():
+    """A stage's code deps are its script and its import closure, module by module (package
+    __init__ files and read assets included): no wider (a spurious re-run), no narrower
+    (an edit that would not re-run it)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, script in stage_deps.stage_scripts(REPO / "dvc.yaml").items():
+        declared = _declared_code(stages[name])
+        wanted = stage_deps.code_deps(script)
+        assert sorted(declared) == sorted(wanted), (
+            f"{name}: declared but not imported {sorted(set(declared) - set(wanted))}; "
+            f"imported but not declared {sorted(set(wanted) - set(declared))} "
+            "(python scripts/stage_deps.py --write)"
+        )
+        assert all((REPO / d).exists() for d in declared), name
+    assert stage_deps.main(["--check"]) == 0
+
+
+def test_the_wiring_check_catches_a_missing_and_a_spurious_dependency(tmp_path):
+    """Planted in a copy: a new import in a stage script, and a module the stage never
+    imports listed among its deps; both are reported, and --write mends both."""
+    for rel in ("stages", "src", "dvc.yaml"):
+        src = REPO / rel
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, tmp_path / rel)
+    script = tmp_path / "stages" / "split_folds.py"
+    script.write_text(
+        script.read_text().replace(
+            "from __future__ import annotations\n",
+            "from __future__ import annotations\n\nimport spinegrade.scoring.metrics\n",
+        )
+    )
+    dvc_yaml = tmp_path / "dvc.yaml"
+    text = dvc_yaml.read_text()
+    spurious = "      - src/spinegrade/tracking/comparison.py\n"
+    dvc_yaml.write_text(
+        text.replace("      - stages/ingest.py\n", "      - stages/ingest.py\n" + spurious)
+    )
+    wanted = stage_deps.expected(dvc_yaml, tmp_path)
+    stages = yaml.safe_load(wanted)["stages"]
+    assert "src/spinegrade/scoring/metrics.py" in stages["split-folds"]["deps"]
+    assert "src/spinegrade/tracking/comparison.py" not in stages["ingest"]["deps"]
+    assert wanted != dvc_yaml.read_text()
+    # everything but the code deps is kept as written (comments, data deps, params)
+    old = yaml.safe_load(text)["stages"]
     for name, stage in stages.items():
-        script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
-        code: set[str] = set()
-        _imports(REPO / script, code)
-        declared = {d for d in stage["deps"] if d.startswith(("src/", "stages/"))}
-        # Every module the stage imports lies in a declared package directory ...
-        for module in code - {"src/spinegrade/__init__.py"}:
-            assert any(module == d or module.startswith(d + "/") for d in declared), (
-                name,
-                module,
-            )
-        # ... and nothing else is declared: each stage re-runs for what it uses only.
-        assert declared == _packages(code) | {script}, name
-        text = (REPO / script).read_text()
-        used = set(re.findall(r"load_params\(args\.params\)\.(\w+)", text))
-        used |= set(re.findall(r"\bparams\.(\w+)", text))
-        used &= set(Params.model_fields)  # sections, not methods (params.localizer_engine())
-        sections = {p.split(".")[0].replace("-", "_") for p in stage["params"]}
-        assert sections == used, name
+        data = [d for d in stage["deps"] if not d.startswith(("src/", "stages/"))]
+        assert data == [d for d in old[name]["deps"] if not d.startswith(("src/", "stages/"))]
+        assert stage["params"] == old[name]["params"]
+    assert [c for c in wanted.splitlines() if c.lstrip().startswith("#")] == [
+        c for c in text.splitlines() if c.lstrip().startswith("#")
+    ]
+
+
+def test_every_file_a_module_reads_is_claimed_by_it():
+    """Non-Python files under src/ are stage deps only through stage_deps.ASSETS: a new
+    asset must say which module reads it."""
+    claimed = {a for assets in stage_deps.ASSETS.values() for a in assets}
+    for p in (REPO / "src" / "spinegrade").rglob("*"):
+        rel = str(p.relative_to(REPO))
+        if p.is_file() and p.suffix != ".py" and "__pycache__" not in rel:
+            assert any(rel == c or rel.startswith(c + "/") for c in claimed), rel
+    for module in stage_deps.ASSETS:
+        assert (REPO / module).is_file(), module
+
+
+def _stage_sections(script: Path) -> set[str]:
+    """The YAML keys of the sections a stage script loads (its SECTIONS tuple)."""
+    tree = ast.parse(script.read_text())
+    names = next(
+        [e.id for e in node.value.elts]
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SECTIONS"
+    )
+    module = _load_module_of(script)
+    return {getattr(module, n).key for n in names}
+
+
+def _load_module_of(script: Path):
+    spec = importlib.util.spec_from_file_location(f"stage_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_stage_declares_the_params_sections_it_loads():
+    """dvc.yaml's params of a stage are the sections its script loads (load_sections), and
+    its closure holds the schemas of those sections and no others."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, script in stage_deps.stage_scripts(REPO / "dvc.yaml").items():
+        loaded = _stage_sections(REPO / script)
+        declared = {p.split(".")[0] for p in stages[name]["params"]}
+        assert declared == loaded, name
+        schemas = {
+            Path(m).stem.replace("_", "-")
+            for m in stage_deps.closure(script)
+            if m.startswith("src/spinegrade/core/config/")
+        } & set(SECTIONS)
+        assert schemas <= loaded, (name, schemas - loaded)
 
 
 @pytest.mark.slow
@@ -267,8 +319,7 @@ def test_dvc_repro_twice_from_empty_cache_gives_identical_hashes(tmp_path):
 
 def test_stages_import_the_library_not_the_command_line_or_the_generator():
     for script in sorted((REPO / "stages").glob("*.py")):
-        code: set[str] = set()
-        _imports(script, code)
+        code = stage_deps.closure(script)
         assert not any(m.startswith("src/spinegrade/cli/") for m in code), script.name
         uses_generator = any(m.startswith("src/spinegrade/synthetic/") for m in code)
         # Only synthesize makes the synthetic dataset (data.source: synthetic).

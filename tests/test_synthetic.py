@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pydicom
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 
 from spinegrade.core import vocab
 from spinegrade.core.vocab import TEST_LABELS_CSV

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import free_port, tiny_synthetic
+from helpers import free_port, tiny_synthetic
 
 from spinegrade.synthetic.dataset import generate_dataset
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinegrade.core.config import Recipe, TrainConfig, TrainingConfig
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.vocab import SEVERITY_COLUMNS
 from spinegrade.scoring.calibration import apply_temperature
 from spinegrade.scoring.metrics import rsna_score

@@ -22,7 +22,7 @@ import urllib.request
 import mlflow
 import psutil
 import pytest
-from conftest import free_port, group_members, wait_for_output
+from helpers import free_port, group_members, wait_for_output
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.cli import ui

@@ -136,7 +136,7 @@ def predict_command(args: argparse.Namespace) -> None:
 
     import tempfile
 
-    from spinegrade.core.config import load_params
+    from spinegrade.core.config.params import load_params
     from spinegrade.core.io import write_csv
     from spinegrade.core.runtime import set_threads
     from spinegrade.data.tables import read_series_table
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "synthesize":
-        from spinegrade.core.config import load_params
+        from spinegrade.core.config.params import load_params
         from spinegrade.synthetic.dataset import generate_dataset
 
         def body() -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from spinegrade.core.config import flatten, load_params
+from spinegrade.core.config.base import flatten
+from spinegrade.core.config.params import load_params
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
 

@@ -12,11 +12,14 @@ import contextlib
 import os
 import platform
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from spinegrade.core.config import EngineConfig
 from spinegrade.core.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: tracking imports this module, not the engine section
+    from spinegrade.core.config.engine import EngineConfig
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

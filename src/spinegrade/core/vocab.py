@@ -41,6 +41,12 @@ RAW_SEVERITY_COLUMNS: tuple[str, ...] = tuple(f"raw_{c}" for c in SEVERITY_COLUM
 ENSEMBLE = "ensemble"
 """The model name of the mean of a group's backbones (evaluate scores it, predict may use it)."""
 
+
+def ensemble_oof_csv(group: str) -> str:
+    """The ensemble's OOF table of ``group`` in evaluate's output (compare-backbones reads it)."""
+    return f"oof_{ENSEMBLE}_{group}.csv"
+
+
 SEVERITY_INDEX: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
 # Sample weights of the official metric (docs/rsna-metric.md), by class index.

@@ -12,13 +12,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import map_coordinates
 
 from spinegrade.core import vocab
-from spinegrade.core.config import CropConfig
+
+if TYPE_CHECKING:  # an annotation only: the localizers import this module, not the section
+    from spinegrade.core.config.crop_rois import CropConfig
 
 log = logging.getLogger(__name__)
 

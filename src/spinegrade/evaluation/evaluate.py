@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from spinegrade.core import vocab
-from spinegrade.core.config import EvaluateConfig
+from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.errors import DataError
 from spinegrade.scoring import bootstrap as bs
 from spinegrade.scoring.calibration import expected_calibration_error, reliability_table
@@ -67,13 +67,15 @@ def ensemble_table(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 @dataclass
 class Evaluation:
-    """What evaluate writes: the report (a DVC metric), confusion tables, submissions, and
-    the reliability points per (group, model) for the calibration plots."""
+    """What evaluate writes: the report (a DVC metric), confusion tables, submissions, the
+    reliability points per (group, model) for the calibration plots, and the ensemble's
+    OOF table per group (compare-backbones logs it as the ensemble rows' dataset)."""
 
     report: dict
     confusions: dict[tuple[str, str], pd.DataFrame]  # (group, model) -> actual, predicted
     submissions: dict[str, pd.DataFrame]  # model -> OOF submission (calibrated)
     reliability: dict[tuple[str, str], dict] = field(default_factory=dict)  # raw, calibrated
+    ensembles: dict[str, pd.DataFrame] = field(default_factory=dict)  # group -> OOF table
 
 
 def _prior_filled(
@@ -205,4 +207,4 @@ def evaluate(
         }
         for group in groups
     }
-    return Evaluation(report, confusions, submissions, reliability)
+    return Evaluation(report, confusions, submissions, reliability, models.get(vocab.ENSEMBLE, {}))

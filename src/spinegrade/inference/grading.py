@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from spinegrade.core import vocab
-from spinegrade.core.config import CropConfig, TrainConfig
+from spinegrade.core.config.crop_rois import CropConfig
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.errors import DataError
 from spinegrade.core.runtime import device
 from spinegrade.data.crops import crop_25d

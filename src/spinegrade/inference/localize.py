@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from spinegrade.core import vocab
-from spinegrade.core.config import LocalizerInput
+from spinegrade.core.config.localizer_input import LocalizerInput
 from spinegrade.core.runtime import device
 from spinegrade.data.dicom import Stack
 from spinegrade.data.geometry import pixel_to_world, world_to_pixel

@@ -22,7 +22,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from spinegrade.core import runtime, vocab
-from spinegrade.core.config import CropConfig, EngineConfig, TrainConfig
+from spinegrade.core.config.crop_rois import CropConfig
+from spinegrade.core.config.engine import EngineConfig
+from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.inference.explain import explain_rows, write_explanations
 from spinegrade.inference.grading import (
     Grader,

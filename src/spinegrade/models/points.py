@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from spinegrade.core import vocab
-from spinegrade.core.config import LocalizerInput
+from spinegrade.core.config.localizer_input import LocalizerInput
 from spinegrade.core.errors import ConfigError
 from spinegrade.data.convert import load_stack
 from spinegrade.data.crops import normalize_stack

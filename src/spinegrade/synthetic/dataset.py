@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from spinegrade.core import vocab
-from spinegrade.core.config import SyntheticConfig
+from spinegrade.core.config.synthesize import SyntheticConfig
 from spinegrade.core.io import atomic_dir
 from spinegrade.core.parallel import parallel_map
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV

@@ -15,7 +15,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from spinegrade.core import vocab
-from spinegrade.core.config import SyntheticConfig
+from spinegrade.core.config.synthesize import SyntheticConfig
 from spinegrade.synthetic.anatomy import SAGITTAL_IOP, Anatomy, SliceGrid
 from spinegrade.synthetic.imaging import draw_scanner, form_image
 

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from spinegrade.core.config import flatten
+from spinegrade.core.config.base import flatten
 from spinegrade.core.runtime import Runtime
 from spinegrade.tracking.plots import confusion_figure
 from spinegrade.tracking.system import end_failed, log_runtime, start_system_metrics

@@ -28,7 +28,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from spinegrade.core.config import flatten
+from spinegrade.core.config.base import flatten
 from spinegrade.core.errors import ConfigError
 from spinegrade.tracking.system import tag_error
 

@@ -18,12 +18,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from spinegrade.core.config import EngineConfig, Params, load_params
+from spinegrade.core.config.base import Section, load_sections
+from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.errors import TrainingError
 from spinegrade.core.runtime import Runtime, check, make_runtime, set_threads
 
@@ -110,13 +112,15 @@ def launch_stage(
     params_path: str,
     script: str,
     argv: list[str] | None,
-    train: Callable[[Params, Runtime], None],
-    engine: Callable[[Params], EngineConfig] = lambda params: params.engine,
+    train: Callable[[Any, Runtime], None],
+    sections: tuple[type[Section], ...],
+    engine: Callable[[Any], EngineConfig] = lambda params: params.engine,
 ) -> None:
-    """A training stage's entry: load ``params_path`` and run ``train(params, runtime)``
-    through :func:`launch`, on the engine settings ``engine`` picks from the params
-    (``argv`` None: this process's own arguments, for torchrun to start ``script`` with)."""
-    params = load_params(params_path)
+    """A training stage's entry: load ``sections`` of ``params_path`` (the engine's among
+    them) and run ``train(params, runtime)`` through :func:`launch`, on the engine settings
+    ``engine`` picks from the params (``argv`` None: this process's own arguments, for
+    torchrun to start ``script`` with)."""
+    params = load_sections(params_path, *sections)
     argv = sys.argv[1:] if argv is None else argv
     launch(engine(params), script, argv, lambda rt: train(params, rt))
 

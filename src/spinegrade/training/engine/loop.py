@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from spinegrade.core.config import Recipe
+from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.errors import TrainingError
 from spinegrade.core.runtime import Runtime, peak_memory_mb
 from spinegrade.training.engine.distributed import all_sum, gather_shards

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.optim import lr_scheduler
 
-from spinegrade.core.config import Recipe
+from spinegrade.core.config.recipe import Recipe
 
 
 def make_scheduler(

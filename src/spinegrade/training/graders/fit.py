@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from spinegrade.core import vocab
-from spinegrade.core.config import Recipe, TrainConfig, TrainingConfig
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.backbones import (
     count_parameters,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spinegrade.core import vocab
-from spinegrade.core.config import TrainingConfig
+from spinegrade.core.config.train_per_condition import TrainingConfig
 from spinegrade.scoring.metrics import weighted_log_loss
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from spinegrade.core.config import LocalizerConfig, Recipe
+from spinegrade.core.config.recipe import Recipe
+from spinegrade.core.config.train_localizer import LocalizerConfig
 from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.heatmap import (
     OFFSET_SCALE_MM,

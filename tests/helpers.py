@@ -1,0 +1,157 @@
+"""What tests share besides fixtures: paths, identifier scans, the tiny synthetic settings,
+DVC workspaces and process helpers (``from helpers import ...``; conftest.py holds only
+fixtures and hooks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pydicom
+import yaml
+
+from spinegrade.cli.process_group import free_port  # noqa: F401  (tests import it from here)
+from spinegrade.core.config.synthesize import SyntheticConfig
+
+IDENTIFIER_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "InstitutionName",
+    "ReferringPhysicianName",
+)
+
+
+def header_identifiers(root: Path) -> set[str]:
+    """The patient identifiers written in the dataset's DICOM headers (one file per study)."""
+    found: set[str] = set()
+    for study in sorted(root.glob("*_images/*")):
+        first = next(study.rglob("*.dcm"))
+        ds = pydicom.dcmread(first, stop_before_pixels=True)
+        found |= {str(ds[t].value) for t in IDENTIFIER_TAGS if t in ds}
+    assert found, f"no DICOM headers found under {root}"
+    return found
+
+
+def assert_no_identifiers(paths, identifiers: set[str]) -> None:
+    """Fail naming the file and identifier if any identifier occurs in any file's bytes."""
+    checked = 0
+    for p in paths:
+        blob = p.read_bytes()
+        checked += 1
+        for ident in identifiers:
+            assert ident.encode() not in blob, f"{ident!r} leaked into {p}"
+    assert checked, "no files to check"
+
+
+def tiny_synthetic(**overrides) -> SyntheticConfig:
+    """Generator settings for tests: 8 train + 2 test studies at small image sizes."""
+    base = SyntheticConfig(
+        seed=7,
+        n_train_studies=8,
+        n_test_studies=2,
+        workers=1,
+        sagittal_sizes=(96, 112),
+        axial_sizes=(80, 96),
+        sagittal_slices=(13, 15),
+        multi_axial_rate=0.4,
+        instance_quirk_rate=0.5,
+        missing_label_rate=0.05,
+    )
+    return base.model_copy(update=overrides)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    out = []
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
+def run_dvc(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """The venv's dvc in ``cwd``, with the venv on PATH and no MLFLOW_TRACKING_URI."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def dvc_workspace(dest: Path, shrink: Callable[[dict], None]) -> Path:
+    """A DVC project in ``dest``: the repo's dvc.yaml, stages and src, params.yaml as
+    changed by ``shrink`` (which edits the parsed params in place), the device pinned to
+    the CPU."""
+    shutil.copy(REPO / "dvc.yaml", dest)
+    shutil.copytree(REPO / "stages", dest / "stages")
+    shutil.copytree(REPO / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["engine"]["device"] = "cpu"  # byte-identical outputs are promised on CPU only
+    # tiny crops reach 1x1 feature maps, where oneDNN's bf16 backward returned NaN gradients
+    params["engine"]["precision"] = "fp32"
+    shrink(params)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run_dvc(dest, "init", "--no-scm", "-q").returncode == 0
+    return dest
+
+
+def wait_for_output(proc: subprocess.Popen, log: Path, pattern: re.Pattern, timeout: float):
+    """The first match of ``pattern`` in ``log`` (a process's output file), polled until
+    ``timeout`` s; AssertionError with the output if the process exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if m := pattern.search(text):
+            return m
+        assert proc.poll() is None, f"spinegrade.cli.ui exited with {proc.returncode}:\n{text}"
+        time.sleep(0.3)
+    raise AssertionError(f"no {pattern.pattern!r} within {timeout} s:\n{log.read_text()}")
+
+
+def shrink_pipeline(params: dict) -> None:
+    """The whole pipeline shrunk for tests: tiny data, one epoch, small localizers (edits
+    parsed params in place; the backbones are the configured ones)."""
+    params["synthesize"].update(
+        n_train_studies=9, n_test_studies=2, workers=1, sagittal_sizes=[112], axial_sizes=[96]
+    )
+    params["convert-dicom"]["workers"] = 1
+    params["split-folds"]["n_folds"] = 3
+    params["train-per-condition"]["training"].update(epochs=1, batch_size=16)
+    loc = params["train-localizer"]
+    loc.update(batch_size=8, decoder_channels=8)
+    for inp in loc["inputs"].values():
+        inp.update(image_px=64, epochs=1)
+
+
+def build_tiny_pipeline(dest: Path) -> Path:
+    """A DVC workspace in ``dest`` on which `dvc repro` has run every stage (its MLflow
+    store under mlruns/)."""
+    work = dvc_workspace(dest, shrink_pipeline)
+    proc = run_dvc(work, "repro")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work
+
+
+def copy_workspace(src: Path, dest: Path) -> Path:
+    """A copy of a finished workspace (outputs, DVC cache, MLflow store) that a test may
+    change; the session's pipeline itself stays as it was built."""
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
