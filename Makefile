@@ -1,13 +1,15 @@
 # Two commands do everything on a fresh machine:
 #   make repro   virtualenv + pinned dependencies, then `dvc repro` (the whole pipeline)
-#   make test    the same + the test tools (requirements-dev.txt), then the test suite
+#   make test    the same + the test tools (requirements-dev.txt), then the whole test suite
+#   make test-quick  the edit loop: unit-level tests of every package, no server, browser,
+#                PostgreSQL or dvc (the markers in pyproject.toml say what a test needs)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: venv repro test chromium lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
+.PHONY: venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
 
 venv: $(STAMP)
 
@@ -34,6 +36,10 @@ repro: $(STAMP)
 
 test: $(DEV) chromium
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+QUICK := not slow and not dvc and not server and not chromium and not postgres and not gpu
+test-quick: $(DEV)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "$(QUICK)" $(ARGS)
 
 # The browser tests drive Debian's chromium (Playwright cannot download its own browsers
 # here): installed with apt-get when running as root, else a message saying what to install.

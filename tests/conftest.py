@@ -12,24 +12,49 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import build_tiny_pipeline, tiny_synthetic
+from helpers import build_tiny_pipeline, postgres_problem, tiny_synthetic
 
+from spinegrade.cli.browser import MISSING, chromium_path
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.data.convert import convert_all
 from spinegrade.data.crops import build_crops
 from spinegrade.data.ingest import ingest
 from spinegrade.synthetic.dataset import generate_dataset
 
+# Fixtures that bring what a marker names: a test that takes one (directly or through
+# another fixture) is marked here, so no test can forget to say what it needs.
+FIXTURE_MARKERS = {
+    "pg_database": "postgres",
+    "launched": "server",
+    "servers": "server",
+    "tiny_pipeline": "dvc",
+}
+
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA: where none is visible they are skipped with that
-    reason (shown in the summary); they add to the CPU tests, which cover the same paths."""
+    """Markers from the fixtures a test takes (FIXTURE_MARKERS). Tests marked ``gpu`` need
+    CUDA: where none is visible they are skipped with that reason (shown in the summary);
+    they add to the CPU tests, which cover the same paths."""
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on a GPU machine; make gpu-check)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+    """Stop at once, in one line, when a selected test needs PostgreSQL or chromium and
+    the machine lacks it: never a skip, and never minutes of other tests first."""
+    needs = {m for item in session.items for m in ("postgres", "chromium") if m in item.keywords}
+    if "postgres" in needs and (problem := postgres_problem()):
+        pytest.exit(problem, returncode=4)
+    if "chromium" in needs and not chromium_path().is_file():
+        pytest.exit(f"{MISSING} (or set CHROMIUM to a chromium binary)", returncode=4)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,9 @@ import yaml
 from spinegrade.cli.process_group import free_port  # noqa: F401  (tests import it from here)
 from spinegrade.core.config.synthesize import SyntheticConfig
 
+# The PostgreSQL server the postgres-marked tests create their databases on (trust auth).
+PG_ADMIN = os.environ.get("SPINEGRADE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
 IDENTIFIER_TAGS = (
     "PatientName",
     "PatientID",
@@ -155,3 +158,20 @@ def copy_workspace(src: Path, dest: Path) -> Path:
     change; the session's pipeline itself stays as it was built."""
     shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
+
+
+def postgres_problem() -> str | None:
+    """Why PostgreSQL at PG_ADMIN cannot be used (one line saying how to start it), or None."""
+    import psycopg
+
+    try:
+        psycopg.connect(PG_ADMIN, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        where = re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", PG_ADMIN)
+        reason = " ".join(str(exc).split())
+        return (
+            f"PostgreSQL is not reachable at {where} ({reason}): start it (e.g. "
+            "`pg_ctlcluster 15 main start` or `service postgresql start`) with trust auth for "
+            "user postgres on 127.0.0.1:5432, or set SPINEGRADE_TEST_PG to an admin URI"
+        )
+    return None

@@ -44,6 +44,9 @@ def _table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+pytestmark = [pytest.mark.chromium, pytest.mark.server]
+
+
 @pytest.fixture
 def comparison_store(tmp_path, monkeypatch) -> Path:
     """A workspace whose store holds the comparison runs of one pipeline run."""

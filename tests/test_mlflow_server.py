@@ -40,7 +40,7 @@ import psutil
 import psycopg
 import pytest
 import yaml
-from helpers import free_port, group_members
+from helpers import PG_ADMIN, free_port, group_members
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image
@@ -50,7 +50,6 @@ from spinegrade.core.errors import EXPECTED_ERRORS
 from spinegrade.tracking import store as tracking
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("SPINEGRADE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 40.0
 READY = re.compile(r"export MLFLOW_TRACKING_URI=(http://\S+)")

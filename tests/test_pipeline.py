@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from spinegrade.core import vocab
 
+pytestmark = pytest.mark.dvc
+
 DATA_STAGES = ("ingest", "convert-dicom", "crop-rois", "split-folds")
 
 

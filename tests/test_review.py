@@ -144,6 +144,7 @@ def test_the_page_carries_no_patient_identifier(reviewed, tiny_dataset, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.chromium
 def test_a_study_without_a_series_type_shows_the_warning_and_its_prior_rows(reviewed, tmp_path):
     if not chromium_path().is_file():
         pytest.fail(MISSING)

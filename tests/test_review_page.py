@@ -355,6 +355,7 @@ def _wait_for_images(page) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.chromium
 def test_the_review_page_in_chromium(review, tmp_path):
     if not chromium_path().is_file():
         pytest.fail(MISSING)

@@ -294,6 +294,7 @@ def test_each_stage_declares_the_params_sections_it_loads():
 
 
 @pytest.mark.slow
+@pytest.mark.dvc
 def test_dvc_repro_twice_from_empty_cache_gives_identical_hashes(tmp_path):
     work = dvc_workspace(tmp_path, shrink)
     first = run_dvc(work, "repro", *DATA_STAGES)

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
 DVC = str(Path(sys.executable).parent / "dvc")
 
+pytestmark = [pytest.mark.dvc, pytest.mark.server]  # S3 remotes: a moto server
+
 # Training studies left out of the first release of the "download", added in the second.
 LATE_STUDIES = 2
 

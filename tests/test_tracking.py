@@ -305,6 +305,7 @@ LOG_RUN = "; ".join(
 
 
 @pytest.mark.slow
+@pytest.mark.dvc
 def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
     ws = (tmp_path / "ws").resolve()
     ws.mkdir()

@@ -127,6 +127,7 @@ def test_remote_tracking_uri_is_refused(monkeypatch, capsys):
 # --- end to end -----------------------------------------------------------------------------
 
 
+@pytest.mark.server
 def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tracking_env):
     ws = tmp_path / "ws"
     ws.mkdir()
