@@ -217,11 +217,11 @@ def test_it_runs_in_a_debian_12_container_with_python_3_11():
 
 
 def pg_admin_default() -> str:
-    """The admin URI tests/test_mlflow_server.py connects with when SPINEGRADE_TEST_PG is
+    """The admin URI the tests (helpers.PG_ADMIN) connect with when SPINEGRADE_TEST_PG is
     unset (read from its source: importing it would read this machine's variable)."""
-    source = (REPO / "tests" / "test_mlflow_server.py").read_text()
+    source = (REPO / "tests" / "helpers.py").read_text()
     m = re.search(r'os\.environ\.get\(\s*"SPINEGRADE_TEST_PG",\s*"([^"]+)"\s*\)', source)
-    assert m, "tests/test_mlflow_server.py no longer reads SPINEGRADE_TEST_PG: update this test"
+    assert m, "tests/helpers.py no longer reads SPINEGRADE_TEST_PG: update this test"
     return m.group(1)
 
 
@@ -275,7 +275,7 @@ def test_every_postgresql_use_of_the_tests_honours_spinegrade_test_pg():
         if path.name != "test_ci_workflow.py" and (uses := local_pg_uses(path.read_text()))
     }
     assert found == {}, "these connect to 127.0.0.1:5432 whatever SPINEGRADE_TEST_PG says"
-    assert HONOURED.search((REPO / "tests" / "test_mlflow_server.py").read_text())
+    assert HONOURED.search((REPO / "tests" / "helpers.py").read_text())
     # The check finds what it looks for.
     assert local_pg_uses('psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres")')
     assert local_pg_uses('URI = "postgresql+psycopg://postgres@localhost/db"')
