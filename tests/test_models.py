@@ -14,7 +14,13 @@ import torch
 
 from spinegrade.core.config.params import load_params
 from spinegrade.core.errors import ConfigError
-from spinegrade.models.backbones import count_flops, count_parameters, create_backbone, model_flops
+from spinegrade.models.backbones import (
+    count_flops,
+    count_parameters,
+    create_backbone,
+    model_cost,
+    model_flops,
+)
 
 
 def test_flops_of_a_linear_layer_count_a_multiply_add_as_two():
@@ -41,6 +47,11 @@ def test_default_backbones_work_at_the_configured_crop_size(backbone):
     assert out.shape == (2, 3)
     assert count_parameters(model) > 1e6
     assert 0 < model_flops(model, size, k) < 5
+    # counted on the meta device (no weights, no arithmetic): the same numbers
+    assert model_cost(backbone, size, k, recipe.model_kwargs) == (
+        pytest.approx(model_flops(model, size, k), rel=1e-12),
+        count_parameters(model),
+    )
 
 
 @pytest.mark.parametrize("name", ["densenet121", "tf_efficientnetv2_s", "mobilenetv2_100"])

@@ -18,6 +18,12 @@ from helpers import REPO, copy_workspace, run_dvc
 from mlflow.tracking import MlflowClient
 
 from spinegrade.core import vocab
+from spinegrade.tracking.store import (
+    HOST_TAG,
+    PID_TAG,
+    PROCESS_START_TAG,
+    TRAINED_IN_TAG,
+)
 
 pytestmark = pytest.mark.dvc
 
@@ -49,6 +55,8 @@ def test_every_stage_output_exists(pipeline):
                 "fold1.safetensors",
             } <= {f.name for f in out.iterdir()}
             oof, inner = pd.read_csv(out / "oof.csv"), pd.read_csv(out / "inner.csv")
+            history = pd.read_csv(out / "history.csv")  # one run's curve under both folds
+            assert set(history["fold"]) == {0, 1} and set(history["run_folds"]) == {"0+1"}
             assert set(oof["fold"]) == {0, 1}  # the default pair: each chose for the other
             for fold in (0, 1):
                 chose = inner[inner["fold"] == fold]
@@ -188,6 +196,10 @@ def test_mlflow_runs_nested_under_one_parent(pipeline):
     }
     second = children[f"spinal-{p['backbones'][0]}-fold1"]  # the pair's second fold
     assert len(client.get_metric_history(second.info.run_id, "train_loss")) == 1
+    assert second.data.tags[TRAINED_IN_TAG] == run.info.run_id  # it trained no model itself
+    assert TRAINED_IN_TAG not in run.data.tags
+    for r in children.values():  # every run names the process that logged it
+        assert {HOST_TAG, PID_TAG, PROCESS_START_TAG} <= set(r.data.tags)
     assert second.data.metrics["final_inner_fold"] == 0
 
 

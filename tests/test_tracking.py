@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import traceback
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -170,6 +172,66 @@ def test_child_runs_of_one_pipeline_run_share_a_parent(tmp_path, no_tracking_env
     assert child("predict", "predict")[0] == parent
     params.write_text("a: 2\n")  # another pipeline run: another parent
     assert child("evaluate", "evaluate")[0] != parent
+
+
+def test_parent_runs_created_twice_by_a_race_end_as_one(tmp_path, no_tracking_env, monkeypatch):
+    """Two stages without a shared lock (a tracking server) may both find no parent and both
+    create one: the second creator sees the older one, keeps it and deletes its own."""
+    exp = tracking.setup("exp", tmp_path)
+    client = MlflowClient(store_uri(tmp_path))
+    first = tracking.parent_run(exp, "key", "pipeline-key")  # the other stage's
+    real = tracking._parents
+    looks = []
+
+    def missed_once(*args):
+        looks.append(1)
+        return [] if len(looks) == 1 else real(*args)  # the first look ran before it existed
+
+    monkeypatch.setattr(tracking, "_parents", missed_once)
+    assert tracking.parent_run(exp, "key", "pipeline-key") == first
+    assert len(looks) == 2
+    live = client.search_runs([exp], filter_string=f"tags.`{tracking.PIPELINE_TAG}` = 'key'")
+    assert [r.info.run_id for r in live] == [first]  # the duplicate was deleted
+
+
+def test_a_run_left_running_by_a_killed_process_is_ended_killed(
+    tmp_path, no_tracking_env, monkeypatch, caplog
+):
+    """A stage killed with SIGKILL never ends its run: the next run of the same name marks
+    it KILLED and names it in the log; a run whose process still lives is left alone."""
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("a: 1\n")
+    exp = tracking.setup("exp", tmp_path)
+    client = MlflowClient(store_uri(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = f"{psutil.Process(dead.pid).create_time():.3f}"
+    dead.wait()
+    host = socket.gethostname()
+    gone = client.create_run(
+        exp,
+        run_name="evaluate",
+        tags={
+            tracking.HOST_TAG: host,
+            tracking.PID_TAG: str(dead.pid),
+            tracking.PROCESS_START_TAG: started,
+        },
+    ).info.run_id
+    alive = client.create_run(
+        exp, run_name="evaluate", tags=tracking.process_tags()
+    ).info.run_id  # this very process: still running
+    elsewhere = client.create_run(
+        exp,
+        run_name="evaluate",
+        tags={tracking.HOST_TAG: "another-machine", tracking.PID_TAG: str(dead.pid)},
+    ).info.run_id
+    with caplog.at_level("WARNING"), tracking.child_run("exp", params, [], "evaluate", "evaluate"):
+        pass
+    assert client.get_run(gone).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # its pid means nothing here
+    assert f"MLflow run {gone} (evaluate) was left RUNNING" in caplog.text
+    assert alive not in caplog.text
 
 
 def test_setup_does_not_pin_the_store_for_other_workspaces(tmp_path, no_tracking_env):

@@ -7,7 +7,6 @@ any particular architecture: per-backbone differences live in params (``recipes`
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.runtime import Runtime
 from spinegrade.models.inputs import CropDataset
-
-log = logging.getLogger(__name__)
 
 N_CLASSES = 3
 
@@ -89,16 +86,17 @@ def create_backbone(
 
 
 def _weights_overlay(name: str, path: Path) -> dict[str, Any]:
-    """timm pretrained-cfg overlay loading the local file ``path``, never the network.
+    """timm pretrained-cfg overlay with the state dict of the local file ``path`` (timm
+    then adapts its stem and head as for downloaded weights), never the network.
 
     timm drops the checkpoint's classifier when the model's class count differs from the
     cfg's ``num_classes`` (1000 for ImageNet weights); declaring the checkpoint's own head
     size keeps a head that matches (e.g. a 3-class checkpoint of this project).
     """
-    overlay: dict[str, Any] = {"file": str(path)}
+    state = timm.models.load_state_dict(str(path))  # the reader timm uses for ``file``
+    overlay: dict[str, Any] = {"state_dict": state}  # read once: timm takes it as it is
     cfg = timm.get_pretrained_cfg(name)
     heads = cfg.classifier if cfg else None
-    state = timm.models.load_state_dict(str(path))  # the reader timm uses for ``file``
     for head in (heads,) if isinstance(heads, str) else heads or ():
         if f"{head}.weight" in state:
             overlay["num_classes"] = int(state[f"{head}.weight"].shape[0])
@@ -136,15 +134,26 @@ def model_flops(model: torch.nn.Module, image_size: int, in_chans: int) -> float
     return counter.get_total_flops() / 1e9
 
 
+def model_cost(
+    name: str, image_size: int, in_chans: int, model_kwargs: Mapping[str, Any] | None = None
+) -> tuple[float, int]:
+    """(GFLOPs, parameters) of backbone ``name`` on one (in_chans, size, size) input; a
+    multiply-add counts as 2 FLOPs.
+
+    Counted with torch.utils.flop_counter at the real input size and channel count, on
+    the meta device: shapes only, no weights initialized and no arithmetic done, so it
+    costs a fraction of a second where a real forward pass took seconds.
+    """
+    with torch.device("meta"):
+        model = create_backbone(name, in_chans, image_size, model_kwargs)
+    return model_flops(model, image_size, in_chans), count_parameters(model)
+
+
 def count_flops(
     name: str, image_size: int, in_chans: int, model_kwargs: Mapping[str, Any] | None = None
 ) -> float:
-    """GFLOPs (multiply-add = 2 FLOPs) of backbone ``name`` on one (in_chans, size, size) input.
-
-    Counted with torch.utils.flop_counter at the real input size and channel count.
-    """
-    model = create_backbone(name, in_chans, image_size, model_kwargs)
-    return model_flops(model, image_size, in_chans)
+    """GFLOPs (multiply-add = 2 FLOPs) of backbone ``name`` (see :func:`model_cost`)."""
+    return model_cost(name, image_size, in_chans, model_kwargs)[0]
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from torch import nn
 from spinegrade.core.config.base import flatten
 from spinegrade.core.runtime import Runtime
 from spinegrade.tracking.plots import confusion_figure
+from spinegrade.tracking.store import TRAINED_IN_TAG, end_orphans
 from spinegrade.tracking.system import end_failed, log_runtime, start_system_metrics
 from spinegrade.training.graders.fit import FoldHooks
 
@@ -53,15 +54,22 @@ class MlflowFoldHooks(FoldHooks):
         self.example_shape = example_shape  # (2, k, S, S): a batch the model is traced on
         self.runtime = runtime
         self.inputs = inputs or []  # (table, source path, name): the Dataset column
+        self.run_ids: dict[int, str] = {}  # fold -> its MLflow run
         start_system_metrics(system_metrics_s)
 
-    def start(self, fold: int) -> None:
-        mlflow.start_run(
+    def start(self, fold: int, trained_with: int | None = None) -> None:
+        replay = {}
+        if trained_with is not None:  # no training of its own: name the run that trained it
+            replay = {TRAINED_IN_TAG: self.run_ids[trained_with]}
+        name = f"{self.group}-{self.backbone}-fold{fold}"
+        end_orphans(self.experiment_id, name)
+        run = mlflow.start_run(
             experiment_id=self.experiment_id,
-            run_name=f"{self.group}-{self.backbone}-fold{fold}",
+            run_name=name,
             parent_run_id=self.parent_id,
             tags={
                 **self.tags,
+                **replay,
                 "group": self.group,
                 "backbone": self.backbone,
                 "fold": str(fold),
@@ -69,6 +77,7 @@ class MlflowFoldHooks(FoldHooks):
             },
             log_system_metrics=True,
         )
+        self.run_ids[fold] = run.info.run_id
         mlflow.log_params({**self.params, "fold": fold})
         for frame, source, name in self.inputs:
             with warnings.catch_warnings():  # "can be interpreted in multiple ways": a path

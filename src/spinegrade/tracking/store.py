@@ -17,12 +17,14 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import psutil
 import yaml
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
@@ -37,6 +39,14 @@ log = logging.getLogger(__name__)
 PIPELINE_TAG = "spinegrade.pipeline"
 
 ROLE_TAG = "spinegrade.role"
+
+# The process that logged a run: host, pid and its start (epoch seconds). They tell a run
+# whose process died (SIGKILL, a lost machine) from one still running, and how long the
+# process ran before its run started (benchmarks/stage_times.py).
+HOST_TAG, PID_TAG, PROCESS_START_TAG = "spinegrade.host", "spinegrade.pid", "spinegrade.started"
+
+# On the second fold of a scored pair: the run that trained the model both folds share.
+TRAINED_IN_TAG = "spinegrade.trained_in_run"
 
 # ingest's output: its DVC hash identifies the data a pipeline run descends from.
 PIPELINE_SOURCE = "data/ingest"
@@ -167,22 +177,38 @@ def setup(experiment: str, root: str | Path | None = None) -> str:
 
 
 def parent_run(experiment_id: str, key: str, name: str) -> str:
-    """Id of the parent run for pipeline run ``key``: found by tag, else created."""
+    """Id of the parent run for pipeline run ``key``: found by tag, else created.
+
+    The file lock serializes stages on one machine's store; against a tracking server,
+    stages on several machines (or processes without a shared lock) may both find none
+    and both create one. Each creator then looks again and keeps the oldest parent (by
+    start time, then id), deleting its own if another is older: all of them agree on one.
+    """
     uri = mlflow.get_tracking_uri()
     with _store_lock(uri):
         client = MlflowClient(uri)
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'parent'",
-            max_results=1,
-        )
+        found = _parents(client, experiment_id, key)
         if found:
             return found[0].info.run_id
         run = client.create_run(
             experiment_id, run_name=name, tags={PIPELINE_TAG: key, ROLE_TAG: "parent"}
         )
         client.set_terminated(run.info.run_id)
-        return run.info.run_id
+        mine = run.info.run_id
+        oldest = _parents(client, experiment_id, key)[0].info.run_id
+        if oldest != mine:
+            log.info("another stage created pipeline run %s first: using it", oldest)
+            client.delete_run(mine)
+        return oldest
+
+
+def _parents(client: MlflowClient, experiment_id: str, key: str) -> list:
+    """The parent runs of pipeline run ``key``, oldest first (ties broken by id)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'parent'",
+    )
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
 def git_commit(root: str | Path | None = None) -> str:
@@ -264,7 +290,52 @@ def pipeline_run(
     key = pipeline_key(commit.removesuffix("-dirty"), source, params_text)
     parent = parent_run(experiment_id, key, name=f"pipeline-{key[:8]}")
     tags = {"git_commit": commit, **{f"dvc.{p}": h for p, h in data.items()}}
-    return experiment_id, parent, tags
+    return experiment_id, parent, tags | process_tags()
+
+
+def process_tags() -> dict[str, str]:
+    """This process's host, pid and start time, as run tags."""
+    me = psutil.Process()
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(me.pid),
+        PROCESS_START_TAG: f"{me.create_time():.3f}",
+    }
+
+
+def _process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process a run's tags name has ended (only judged on this host: a pid on
+    another machine says nothing here)."""
+    if tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in tags:
+        return False
+    try:
+        started = psutil.Process(int(tags[PID_TAG])).create_time()
+    except (psutil.NoSuchProcess, ValueError):
+        return True
+    return abs(started - float(tags.get(PROCESS_START_TAG, "nan"))) > 1.0  # pid reused
+
+
+def end_orphans(experiment_id: str, name: str) -> list[str]:
+    """End as KILLED (MLflow's status for it) every RUNNING run named ``name`` whose
+    process is gone: a stage killed with SIGKILL never ends its run, and the next run of
+    that stage does. Logs each one; returns their ids."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{name}' and attributes.status = 'RUNNING'",
+    )
+    ended = []
+    for run in running:
+        if _process_gone(run.data.tags):
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning(
+                "MLflow run %s (%s) was left RUNNING by process %s, which has ended: marked KILLED",
+                run.info.run_id,
+                name,
+                run.data.tags.get(PID_TAG),
+            )
+            ended.append(run.info.run_id)
+    return ended
 
 
 @contextlib.contextmanager
@@ -281,6 +352,7 @@ def child_run(
     tagged with provenance and ``spinegrade.role`` = ``role``. An exception inside ends
     the run FAILED (KILLED for Ctrl-C) with the error as tag ``error``, and re-raises."""
     experiment_id, parent, base = pipeline_run(experiment, params_path, data_paths)
+    end_orphans(experiment_id, name)
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=name,

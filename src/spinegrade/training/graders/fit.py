@@ -30,12 +30,7 @@ from spinegrade.core import vocab
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.runtime import Runtime, device, seed_everything
-from spinegrade.models.backbones import (
-    count_parameters,
-    create_backbone,
-    input_normalization,
-    model_flops,
-)
+from spinegrade.models.backbones import create_backbone, input_normalization, model_cost
 from spinegrade.models.inputs import CropDataset
 from spinegrade.scoring.calibration import apply_temperature, fit_temperature
 from spinegrade.scoring.metrics import classification_metrics
@@ -258,7 +253,9 @@ class GroupResult:
 class FoldHooks:
     """Callbacks around each fold (MLflow logging implements them); no-ops by default."""
 
-    def start(self, fold: int) -> None: ...
+    def start(self, fold: int, trained_with: int | None = None) -> None:
+        """Fold ``fold`` starts; ``trained_with``: the pair's first fold, whose training
+        run this fold shares (its epochs are replayed, not trained again)."""
 
     def epoch(self, fold: int, epoch: int, row: dict) -> None: ...
 
@@ -300,9 +297,7 @@ def train_group_backbone(
     labels = index["label"].to_numpy()
     history, per_fold, states = [], {}, {}
     k, size = crops.shape[1], crops.shape[2]
-    model_cost = create_backbone(backbone, k, size, recipe.model_kwargs)
-    gflops, n_params = model_flops(model_cost, size, k), count_parameters(model_cost)
-    del model_cost
+    gflops, n_params = model_cost(backbone, size, k, recipe.model_kwargs)
     all_folds = sorted(int(f) for f in folds["fold"].unique())
     fold_array = fold_of.to_numpy()
     oof_parts, inner_parts = [], []
@@ -344,7 +339,7 @@ def train_group_backbone(
             raise
         for fold, inner in run.items():
             if fold != first:  # the pair's second fold: its own run, with the same curves
-                hooks.start(fold)
+                hooks.start(fold, trained_with=first)
                 for epoch, row in logged:
                     hooks.epoch(fold, epoch, row)
             # every choice is made (by the inner fold): now the scored fold is read, once
@@ -390,7 +385,9 @@ def train_group_backbone(
                     inner_proba,
                 ).assign(inner_fold=inner)
             )
-            history += [{"fold": fold, **row} for row in res.history]
+            # one training run's curve, listed under each fold it scored
+            together = "+".join(map(str, run))
+            history += [{"fold": fold, "run_folds": together, **row} for row in res.history]
     oof = pd.concat(oof_parts, ignore_index=True)
     overall = classification_metrics(
         oof["label"].to_numpy(), oof[list(vocab.SEVERITY_COLUMNS)].to_numpy()
