@@ -69,7 +69,7 @@ def tiny_synthetic(**overrides) -> SyntheticConfig:
         instance_quirk_rate=0.5,
         missing_label_rate=0.05,
     )
-    return base.model_copy(update=overrides)
+    return SyntheticConfig.model_validate({**base.model_dump(), **overrides})  # validated
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -179,3 +179,11 @@ def test_top_level_help_keeps_synthesize(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "synthesize" in out and "score" in out
+
+
+def test_synthesize_studies_is_validated_as_the_params_are(tmp_path, caplog):
+    """--studies goes through the section's validation (not model_copy, which skips it)."""
+    code = main(["synthesize", "--out", str(tmp_path / "raw"), "--studies", "0"])
+    assert code == 1
+    assert "--studies 0: Input should be greater than or equal to 1" in caplog.text
+    assert not (tmp_path / "raw").exists()

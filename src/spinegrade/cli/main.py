@@ -278,13 +278,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "synthesize":
+        from pydantic import ValidationError
+
         from spinegrade.core.config.params import load_params
+        from spinegrade.core.config.synthesize import SyntheticConfig
         from spinegrade.synthetic.dataset import generate_dataset
 
         def body() -> None:
             cfg = load_params(args.params).synthesize
-            if args.studies is not None:
-                cfg = cfg.model_copy(update={"n_train_studies": args.studies})
+            if args.studies is not None:  # validated as the params file is (not model_copy)
+                try:
+                    cfg = SyntheticConfig.model_validate(
+                        {**cfg.model_dump(), "n_train_studies": args.studies}
+                    )
+                except ValidationError as exc:
+                    raise ConfigError(
+                        f"--studies {args.studies}: {exc.errors()[0]['msg']}"
+                    ) from None
             generate_dataset(cfg, args.out)
 
         return run(body)

@@ -23,8 +23,8 @@ class SyntheticConfig(Section):
     key: ClassVar[str] = "synthesize"
 
     seed: int = 2024
-    n_train_studies: int = 200
-    n_test_studies: int = 6
+    n_train_studies: int = Field(200, ge=1)
+    n_test_studies: int = Field(6, ge=0)
     workers: int = 2
     sagittal_sizes: FromList[tuple[int, ...]] = (224, 256, 288)
     axial_sizes: FromList[tuple[int, ...]] = (160, 192, 224)
