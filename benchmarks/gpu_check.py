@@ -39,7 +39,7 @@ from bench_args import add_engine_args, checked, default_precisions
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.params import load_params
 from spinegrade.core.config.recipe import Recipe
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.runtime import check, check_precision, describe, make_runtime, set_threads
@@ -112,7 +112,7 @@ def model_kwargs(recipe: Recipe, size: int, crop_size: int) -> Recipe:
     kwargs = dict(recipe.model_kwargs)
     if "window_size" in kwargs and size != crop_size and size == 224:
         kwargs["window_size"] = 7
-    return recipe.model_copy(update={"model_kwargs": kwargs})
+    return Recipe.model_validate({**recipe.model_dump(), "model_kwargs": kwargs})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         order = np.random.default_rng(args.seed).permutation(len(crops))
         n_val = max(2, len(crops) // 5)
         val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
-        training = cfg.training.model_copy(
-            update={"epochs": 1, "patience": 1, "batch_size": args.batch_size, "folds": (0,)}
+        # validated anew (model_copy(update=...) would skip validation)
+        training = TrainingConfig.model_validate(
+            {
+                **cfg.training.model_dump(),
+                "epochs": 1,
+                "patience": 1,
+                "batch_size": args.batch_size,
+                "folds": (0,),
+            }
         )
         rows, errors = [], []
         for backbone in backbones:

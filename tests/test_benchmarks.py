@@ -1,0 +1,299 @@
+"""Smoke tests of the scripts in benchmarks/: each runs as its own process, on inputs small
+enough for seconds, and must exit 0 and print its table with numbers in it.
+
+A benchmark is not imported by the library, so without these a change below it (the config
+becoming pydantic models, a renamed function) breaks it unseen until someone next runs it.
+The measured numbers mean nothing at this size; the tests check the table's shape and
+that its cells are numbers (or the counts the tiny inputs fix).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+NUMBER = re.compile(r"-?[\d,]+(\.\d+)?")
+
+
+def run_benchmark(script: str, *args: str, cwd: Path, timeout: float = 180) -> str:
+    """stdout of ``benchmarks/<script> args`` run in ``cwd``; fails with its output unless it
+    exits 0. Its temporary files go to ``cwd/tmp`` (TMPDIR), and MLFLOW_TRACKING_URI is left
+    out, so a store is found from ``cwd``."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    (cwd / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(cwd / "tmp")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, (
+        f"{script} exited with {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+        f"stderr:\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def table(text: str, header: list[str]) -> list[dict[str, str]]:
+    """The rows of the Markdown table in ``text`` whose header row is ``header``, each as
+    {column: cell}; fails if there is no such table or it has no rows."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("|") and _cells(line) == header]
+    assert starts, f"no table with the header {header} in:\n{text}"
+    i = starts[0]
+    assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1]), f"no rule under the header: {text}"
+    rows = []
+    for line in lines[i + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = _cells(line)
+        assert len(cells) == len(header), f"row {line!r} does not fit the header {header}"
+        rows.append(dict(zip(header, cells, strict=True)))
+    assert rows, f"the table {header} has no rows:\n{text}"
+    return rows
+
+
+def number(cell: str) -> float:
+    """A numeric cell as a float (thousands commas and a trailing ``x`` allowed)."""
+    text = cell.removesuffix("x")
+    assert NUMBER.fullmatch(text), f"not a number: {cell!r}"
+    return float(text.replace(",", ""))
+
+
+def positive(cell: str) -> float:
+    value = number(cell)
+    assert value > 0, f"not a positive number: {cell!r}"
+    return value
+
+
+# --------------------------------------------------------------------------- data stages
+
+
+def test_bench_convert(tmp_path):
+    """--studies generates a synthetic dataset (the path that crashed on the pydantic
+    config) and times the baseline and convert_all on it."""
+    out = run_benchmark("bench_convert.py", "--studies", "1", "--workers", "1,2", cwd=tmp_path)
+    rows = table(
+        out, ["method", "workers", "slices", "seconds", "slices/s", "speed-up vs baseline"]
+    )
+    assert [(r["method"], r["workers"]) for r in rows] == [
+        ("baseline (dcmread+PNG)", "1"),
+        ("convert_all (.npy)", "1"),
+        ("convert_all (.npy)", "2"),
+    ]
+    slices = {int(number(r["slices"])) for r in rows}
+    assert len(slices) == 1 and slices.pop() > 0  # all read the same files
+    for r in rows:
+        for col in ("seconds", "slices/s", "speed-up vs baseline"):
+            positive(r[col])
+    assert rows[0]["speed-up vs baseline"] == "1.00x"
+    assert "data: synthetic, 1 train studies" in out
+    assert not list((tmp_path / "tmp").glob("bench_convert.*")), "it left its temporary files"
+
+
+def test_bench_scale(tmp_path):
+    """The five data stages as dvc.yaml runs them, on three small studies."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synthesize"].update(sagittal_sizes=[96], axial_sizes=[80], sagittal_slices=[13, 13])
+    params["split-folds"]["n_folds"] = 3  # the fewest folds the config allows
+    base = tmp_path / "params.yaml"
+    base.write_text(yaml.safe_dump(params, sort_keys=False))
+    work = tmp_path / "work"
+    out = run_benchmark(
+        "bench_scale.py",
+        *("--studies", "3", "--test-studies", "0", "--workers", "1"),
+        *("--params", str(base), "--out", str(work)),
+        cwd=tmp_path,
+    )
+    rows = table(out, ["stage", "wall (min)", "peak memory (GB)", "disk written (GB)", "notes"])
+    stages = ["synthesize", "ingest", "convert-dicom", "crop-rois", "split-folds"]
+    assert [r["stage"] for r in rows] == [*stages, "**total**"]
+    for r in rows:
+        number(r["wall (min)"])
+        number(r["disk written (GB)"])
+        positive(r["peak memory (GB)"].removesuffix(" (max)"))
+    notes = {r["stage"]: r["notes"] for r in rows}
+    assert notes["synthesize"].endswith(" DICOM files")
+    positive(notes["synthesize"].split()[0])
+    assert notes["ingest"].startswith("3 train + 0 test studies")
+    assert notes["split-folds"] == "3 folds"
+    crop_columns = ["group", "crops", "params' shape (GB)", "GPU preset (GB)"]
+    crops = table(out, [*crop_columns, extrapolated_column(out)])
+    assert [r["group"] for r in crops] == ["spinal", "foraminal", "subarticular", "**total**"]
+    assert number(crops[-1]["crops"]) == sum(number(r["crops"]) for r in crops[:-1]) > 0
+    assert "Linear extrapolation to 1,975 train" in out
+    assert not work.exists(), "bench_scale kept its work directory without --keep"
+
+
+def extrapolated_column(text: str) -> str:
+    """The crop table's extrapolated column, whose name holds the real study count."""
+    m = re.search(r"\| (GPU preset at [\d,]+ studies \(GB, extrapolated\)) \|", text)
+    assert m, f"no extrapolated column in:\n{text}"
+    return m.group(1)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_bench_train(tmp_path):
+    """The loader and one training step at 32 px on the CPU."""
+    out = run_benchmark(
+        "bench_train.py",
+        *("--device", "cpu", "--sizes", "32", "--backbones", "resnet18", "--precisions", "fp32"),
+        *("--batch-size", "4", "--steps", "1", "--warmup-steps", "0"),
+        *("--loader-batches", "1", "--workers", "0"),
+        cwd=tmp_path,
+    )
+    loader = table(out, ["size px", "batch", "loader workers", "loader images/s"])
+    assert [(r["size px"], r["batch"], r["loader workers"]) for r in loader] == [
+        ("32", "4", "0 (default)")
+    ]
+    positive(loader[0]["loader images/s"])
+    header = [
+        "backbone",
+        "size px",
+        "batch",
+        "precision",
+        "step images/s",
+        "loader/step",
+        "bottleneck",
+    ]
+    (step,) = table(out, header)
+    assert (step["backbone"], step["size px"], step["precision"]) == ("resnet18", "32", "fp32")
+    positive(step["step images/s"])
+    positive(step["loader/step"])
+    assert step["bottleneck"].startswith(("step", "loader"))
+    assert "device: cpu;" in out
+    assert not list((tmp_path / "tmp").glob("bench_train.*")), "it left its temporary files"
+
+
+def test_gpu_check(tmp_path):
+    """One epoch of the graders' training on ten crops read as crop-rois writes them."""
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(crops / "spinal.npy", rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8))
+    pd.DataFrame({"study_id": range(12), "label": np.arange(12) % 3}).to_csv(
+        crops / "spinal.csv", index=False
+    )
+    out = run_benchmark(
+        "gpu_check.py",
+        *("--device", "cpu", "--crops", str(crops), "--n", "10", "--batch-size", "4"),
+        *("--backbones", "resnet18", "--precisions", "fp32"),
+        cwd=tmp_path,
+    )
+    header = [
+        "backbone",
+        "precision",
+        "train images/s",
+        "eval images/s",
+        "peak memory MB",
+        "val loss",
+        "losses finite",
+    ]
+    (row,) = table(out, header)
+    assert (row["backbone"], row["precision"], row["losses finite"]) == ("resnet18", "fp32", "yes")
+    for col in ("train images/s", "eval images/s", "peak memory MB", "val loss"):
+        positive(row[col])
+    assert f"data: 10 real spinal crops from {crops / 'spinal.npy'}; 8 train / 2 validation" in out
+    assert out.rstrip().endswith("result: ok")
+
+
+# --------------------------------------------------------------------------- MLflow, browser
+
+T0_MS = 1_700_000_000_000
+
+
+def test_stage_times(tmp_path):
+    """The newest pipeline parent's finished runs, summed per stage, from a store shaped as
+    `dvc repro` leaves it (parent run, one child per stage run, the training runs per fold
+    tagged with their backbone)."""
+    from mlflow.tracking import MlflowClient
+
+    from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG
+
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.create_experiment(
+        "spinegrade", artifact_location=(store / "artifacts").as_uri()
+    )
+
+    def run(name: str, tags: dict, start_s: float, seconds: float | None) -> str:
+        start = T0_MS + int(start_s * 1000)
+        r = client.create_run(experiment, run_name=name, tags=tags, start_time=start)
+        if seconds is not None:
+            client.set_terminated(r.info.run_id, end_time=start + int(seconds * 1000))
+        return r.info.run_id
+
+    def child(parent: str, role: str, seconds: float | None, **tags: str) -> None:
+        run(role, {"mlflow.parentRunId": parent, ROLE_TAG: role, **tags}, 100, seconds)
+
+    old = run("pipeline-old", {PIPELINE_TAG: "old", ROLE_TAG: "parent"}, 0, 0)
+    child(old, "train", 6000, backbone="resnet50", fold="0")
+    new = run("pipeline-new", {PIPELINE_TAG: "new", ROLE_TAG: "parent"}, 50, 0)
+    child(new, "train", 60, backbone="resnet50", fold="0", group="spinal")
+    child(new, "train", 120, backbone="resnet50", fold="1", group="spinal")
+    child(new, "train", 180, backbone="convnext_tiny", fold="0", group="spinal")
+    child(new, "localizer", 120, series="sagittal_t2")
+    child(new, "localizer", 240, series="axial_t2")
+    child(new, "evaluate", 60)
+    child(new, "compare", 30)
+    child(new, "predict", 90)
+    child(new, "predict", None)  # still running: not counted
+
+    out = run_benchmark("stage_times.py", cwd=tmp_path)
+    assert f"runs of pipeline run {new} (9 runs)" in out
+    rows = table(out, ["stage", "runs", "total min", "longest run min"])
+    assert [tuple(r.values()) for r in rows] == [
+        ("compare-backbones", "1", "0.5", "0.5"),
+        ("evaluate", "1", "1.0", "1.0"),
+        ("predict", "1", "1.5", "1.5"),
+        ("train-localizer", "2", "6.0", "4.0"),
+        ("train-per-condition (convnext_tiny)", "1", "3.0", "3.0"),
+        ("train-per-condition (resnet50)", "2", "3.0", "2.0"),
+        ("all runs", "8", "15.0", ""),
+    ]  # the older pipeline run's 100 min are in no row
+
+
+@pytest.mark.chromium
+def test_bench_review_page(tmp_path):
+    """The review page of test_review_page's four made-up studies, one fresh browser."""
+    from test_review_page import build_review
+
+    from spinegrade.inference.page import write_page
+
+    page = write_page(tmp_path / "review.html", *build_review())
+    out = run_benchmark(
+        "bench_review_page.py", str(page), "--repeats", "1", "--studies", "2", cwd=tmp_path
+    )
+    rows = {r["measure"]: r["value"] for r in table(out, ["measure", "value"])}
+    assert rows["studies (review-index)"] == "4"
+    assert positive(rows["page size (MB)"]) == pytest.approx(page.stat().st_size / 1e6, abs=0.01)
+    assert re.fullmatch(r"\d+ \(study-\d+\)", rows["largest study data block (KB)"])
+    for measure in (
+        "load: goto to overview ready, wall (ms)",
+        "load: DOMContentLoaded end, navigation timing (ms)",
+        "load: load event end, navigation timing (ms)",
+        "study open, median of 2 (ms)",
+        "study open, max of 2 (ms)",
+        "JS heap after opening 2, Runtime.getHeapUsage after GC (MB)",
+    ):
+        positive(rows[measure])
