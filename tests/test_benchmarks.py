@@ -222,12 +222,18 @@ T0_MS = 1_700_000_000_000
 
 
 def test_stage_times(tmp_path):
-    """The newest pipeline parent's finished runs, summed per stage, from a store shaped as
-    `dvc repro` leaves it (parent run, one child per stage run, the training runs per fold
-    tagged with their backbone)."""
+    """The newest pipeline parent's finished runs, per stage and phase, from a store shaped
+    as `dvc repro` leaves it: each run names its process (host, pid, start), a grader
+    process holds both runs of its fold pair."""
     from mlflow.tracking import MlflowClient
 
-    from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG
+    from spinegrade.tracking.store import (
+        HOST_TAG,
+        PID_TAG,
+        PIPELINE_TAG,
+        PROCESS_START_TAG,
+        ROLE_TAG,
+    )
 
     store = tmp_path / "mlruns"
     store.mkdir()
@@ -243,33 +249,34 @@ def test_stage_times(tmp_path):
             client.set_terminated(r.info.run_id, end_time=start + int(seconds * 1000))
         return r.info.run_id
 
-    def child(parent: str, role: str, seconds: float | None, **tags: str) -> None:
-        run(role, {"mlflow.parentRunId": parent, ROLE_TAG: role, **tags}, 100, seconds)
+    def child(parent, role, pid, started, start, seconds, **tags):
+        process = {HOST_TAG: "h", PID_TAG: str(pid), PROCESS_START_TAG: f"{T0_MS / 1000 + started}"}
+        tags = {"mlflow.parentRunId": parent, ROLE_TAG: role, **process, **tags}
+        run(role, tags, start, seconds)
 
     old = run("pipeline-old", {PIPELINE_TAG: "old", ROLE_TAG: "parent"}, 0, 0)
-    child(old, "train", 6000, backbone="resnet50", fold="0")
-    new = run("pipeline-new", {PIPELINE_TAG: "new", ROLE_TAG: "parent"}, 50, 0)
-    child(new, "train", 60, backbone="resnet50", fold="0", group="spinal")
-    child(new, "train", 120, backbone="resnet50", fold="1", group="spinal")
-    child(new, "train", 180, backbone="convnext_tiny", fold="0", group="spinal")
-    child(new, "localizer", 120, series="sagittal_t2")
-    child(new, "localizer", 240, series="axial_t2")
-    child(new, "evaluate", 60)
-    child(new, "compare", 30)
-    child(new, "predict", 90)
-    child(new, "predict", None)  # still running: not counted
+    child(old, "train", 1, 0, 10, 6000, backbone="resnet50")  # another pipeline run
+    new = run("pipeline-new", {PIPELINE_TAG: "new", ROLE_TAG: "parent"}, 100, 0)
+    child(new, "train", 2, 100, 110, 60, backbone="resnet50")  # fold 0: trains the pair
+    child(new, "train", 2, 100, 170, 0.2, backbone="resnet50")  # fold 1: replays it
+    child(new, "train", 3, 200, 215, 120, backbone="convnext_tiny")
+    child(new, "localizer", 4, 340, 350, 240)
+    child(new, "evaluate", 5, 600, 605, 60)
+    child(new, "predict", 6, 670, 760, 30)  # predict grades before its run opens
+    child(new, "predict", 7, 800, 805, None)  # still running: not counted
 
     out = run_benchmark("stage_times.py", cwd=tmp_path)
-    assert f"runs of pipeline run {new} (9 runs)" in out
-    rows = table(out, ["stage", "runs", "total min", "longest run min"])
+    assert f"pipeline run {new}: 7 runs, on " in out
+    rows = table(out, ["stage", "processes", "before run min", "in runs min", "total min"])
     assert [tuple(r.values()) for r in rows] == [
-        ("compare-backbones", "1", "0.5", "0.5"),
-        ("evaluate", "1", "1.0", "1.0"),
-        ("predict", "1", "1.5", "1.5"),
-        ("train-localizer", "2", "6.0", "4.0"),
-        ("train-per-condition (convnext_tiny)", "1", "3.0", "3.0"),
-        ("train-per-condition (resnet50)", "2", "3.0", "2.0"),
-        ("all runs", "8", "15.0", ""),
+        ("evaluate", "1", "0.1", "1.0", "1.1"),
+        ("predict", "1", "1.5", "0.5", "2.0"),
+        ("train-localizer", "1", "0.2", "4.0", "4.2"),
+        ("train-per-condition (convnext_tiny)", "1", "0.2", "2.0", "2.2"),
+        ("train-per-condition (resnet50)", "1", "0.2", "1.0", "1.2"),
+        ("all stages", "5", "2.2", "8.5", "10.7"),
+        ("outside the stages' runs (DVC, writing, exits)", "", "", "", "0.8"),
+        ("wall, first stage start to last run end", "", "", "", "11.5"),
     ]  # the older pipeline run's 100 min are in no row
 
 
