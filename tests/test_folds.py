@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from spinegrade.core import vocab
+from spinegrade.core.errors import DataError
 from spinegrade.data.folds import fold_report, split_folds
 
 
@@ -49,7 +50,7 @@ def test_folds_are_balanced_and_stratified():
 
 
 def test_too_few_studies():
-    with pytest.raises(ValueError, match="3 studies cannot fill 5 folds"):
+    with pytest.raises(DataError, match="3 studies cannot fill 5 folds"):
         split_folds(_labels(n_studies=3), 5, seed=0)
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from spinegrade.core import vocab
+from spinegrade.core.errors import DataError
 
 
 def split_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
@@ -24,7 +25,10 @@ def split_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     """
     studies = labels["study_id"].unique()
     if len(studies) < n_folds:
-        raise ValueError(f"split-folds: {len(studies)} studies cannot fill {n_folds} folds")
+        raise DataError(
+            f"split-folds: {len(studies)} studies cannot fill {n_folds} folds "
+            "(lower split-folds.n_folds, or use more studies)"
+        )
     rows = labels.sort_values(["study_id", "condition", "level"], kind="stable").reset_index(
         drop=True
     )

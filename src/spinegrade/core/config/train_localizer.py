@@ -70,4 +70,4 @@ def localizer_engine(cfg: LocalizerConfig, engine: EngineConfig) -> EngineConfig
     """The engine params with train-localizer's own precision, where it sets one."""
     if cfg.precision is None:
         return engine
-    return engine.model_copy(update={"precision": cfg.precision})
+    return EngineConfig.model_validate({**engine.model_dump(), "precision": cfg.precision})
