@@ -31,7 +31,7 @@ from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.backbones import create_backbone, input_normalization, model_cost
-from spinegrade.models.inputs import CropDataset
+from spinegrade.models.inputs import CropDataset, crop_rows
 from spinegrade.scoring.calibration import apply_temperature, fit_temperature
 from spinegrade.scoring.metrics import classification_metrics
 from spinegrade.training.engine.augment import build_augmentation
@@ -147,14 +147,11 @@ class GraderTask:
 class Split:
     """One side of a fold: ``labels[i]`` grades crop ``crops[rows[i]]``. ``crops`` is an
     (N, k, S, S) uint8 array, memory-mapped or not (the whole group's, read row by row);
-    ``rows`` None means every crop in order."""
+    ``rows`` picks them as CropDataset's do (``models.inputs.crop_rows``)."""
 
     crops: np.ndarray
     labels: np.ndarray
     rows: np.ndarray | None = None
-
-    def indices(self) -> np.ndarray:
-        return np.arange(len(self.crops)) if self.rows is None else np.asarray(self.rows)
 
 
 @dataclass
@@ -200,7 +197,7 @@ def train_fold(
     """
     rt = rt or Runtime(device("cpu"))
     seed_everything(seed, rt.deterministic)
-    train_labels, train_rows = np.asarray(train.labels), train.indices()
+    train_labels, train_rows = np.asarray(train.labels), crop_rows(train.crops, train.rows)
     val_labels = np.asarray(val.labels)
     k, size = train.crops.shape[1], train.crops.shape[2]
     model = create_backbone(
@@ -214,7 +211,7 @@ def train_fold(
     )
     augment = build_augmentation(seed) if cfg.augment else None
     train_ds = CropDataset(train.crops, train_labels[idx], mean, std, augment, rows=train_rows[idx])
-    val_ds = CropDataset(val.crops, val_labels, mean, std, rows=val.indices())
+    val_ds = CropDataset(val.crops, val_labels, mean, std, rows=val.rows)
     settings = LoopSettings(
         epochs=cfg.epochs,
         patience=cfg.patience if len(choices or {}) <= 1 else cfg.epochs,
