@@ -112,6 +112,8 @@ def _check_gradients(model: nn.Module, desc: str, epoch: int, step: int, precisi
 
 
 def _check_losses(
+    total: float,
+    seen: float,
     pending: list[tuple[torch.Tensor, int]],
     step: int,
     epoch: int,
@@ -119,22 +121,27 @@ def _check_losses(
     recipe: Recipe,
     rt: Runtime,
 ) -> tuple[float, float]:
-    """The summed loss x batch size and the number of samples of the steps up to ``step``
-    (over every process): one host sync for several steps. TrainingError naming the first
-    step whose loss is not finite on any process."""
+    """The epoch's running loss x batch size and number of samples (``total``, ``seen``)
+    with the steps up to ``step`` added (over every process): one host sync for several
+    steps. TrainingError naming the first step whose loss is not finite on any process."""
     k = len(pending)
     sums = all_sum(
         rt, torch.stack([p[0] for p in pending]).tolist() + [float(p[1]) for p in pending]
     )
-    losses, ns = sums[:k], sums[k:]
-    for i, (loss_sum, n) in enumerate(zip(losses, ns, strict=True)):
+    # One summation order for the whole epoch: step by step onto the running total, in
+    # step order (train_loss, as logged and in history.csv, is total / seen). The values
+    # are float32 losses x batch size: their float64 sums are exact, so the same in any
+    # order and grouping (math.fsum would add nothing), while an epoch's values span less
+    # than about 2**29 / steps (over half a million for 1000 steps).
+    for i, (loss_sum, n) in enumerate(zip(sums[:k], sums[k:], strict=True)):
         if not math.isfinite(loss_sum):
             raise TrainingError(
                 f"{settings.desc}: the training loss is {loss_sum / n} at epoch {epoch}, "
                 f"step {step - k + 1 + i}: lower the learning rate (lr {recipe.lr})"
                 + _precision_hint(rt.precision)
             )
-    return math.fsum(losses), math.fsum(ns)
+        total, seen = total + loss_sum, seen + n
+    return total, seen
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -248,8 +255,8 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> Fit
             scaler.update()
             scheduler.step()
             if len(pending) == SYNC_EVERY or step == last_step:
-                batch_sum, batch_n = _check_losses(pending, step, epoch, settings, recipe, rt)
-                total, seen, pending = total + batch_sum, seen + batch_n, []
+                total, seen = _check_losses(total, seen, pending, step, epoch, settings, recipe, rt)
+                pending = []
         t1 = time.perf_counter()
         outputs = predict_all(model, task, val_loader, rt, n_val)
         t2 = time.perf_counter()
