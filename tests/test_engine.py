@@ -97,18 +97,19 @@ class LinearTask:
     def predict(self, model, batch):
         return {"proba": torch.softmax(model(batch[0]).float(), 1).double().cpu().numpy()}
 
-    def score(self, outputs, model):
+    def score(self, outputs):
         p = outputs["proba"][np.arange(len(self.labels)), self.labels]
         return {"val_loss": float(-np.log(p).mean())}
 
 
+def flat_dataset(x, y):
+    """Toy crops flattened for LinearTask's model."""
+    flat = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255)
+    return torch.utils.data.TensorDataset(flat, torch.from_numpy(y))
+
+
 def test_fp16_trains_through_the_gradient_scaler(monkeypatch):
     (train_x, train_y), (val_x, val_y) = toy(96, 0), toy(48, 1)
-
-    def dataset(x, y):
-        flat = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255)
-        return torch.utils.data.TensorDataset(flat, torch.from_numpy(y))
-
     steps = []
     real_step = torch.amp.GradScaler.step
     monkeypatch.setattr(
@@ -121,8 +122,8 @@ def test_fp16_trains_through_the_gradient_scaler(monkeypatch):
     settings = LoopSettings(epochs=6, patience=6, batch_size=16, seed=0)
     res = fit(
         model,
-        SeedlessDataset(dataset(train_x, train_y)),
-        dataset(val_x, val_y),
+        SeedlessDataset(flat_dataset(train_x, train_y)),
+        flat_dataset(val_x, val_y),
         LinearTask(val_y),
         Recipe(lr=3e-3),
         settings,
@@ -145,6 +146,50 @@ class SeedlessDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         return self.inner[key[0]]
+
+
+class ScriptedTask(LinearTask):
+    """LinearTask whose val_loss and further losses (for ``choose``) are given per epoch."""
+
+    def __init__(self, labels, val_losses, more_losses):
+        super().__init__(labels)
+        self.val_losses, self.more_losses = iter(val_losses), iter(more_losses)
+
+    def score(self, outputs):
+        return {"val_loss": next(self.val_losses)}
+
+    def more(self, outputs):
+        return next(self.more_losses)
+
+
+def test_the_loop_chooses_the_first_lowest_epoch_per_loss_and_stops_on_val_loss():
+    (train_x, train_y), (val_x, val_y) = toy(32, 0), toy(16, 1)
+    task = ScriptedTask(
+        val_y,
+        [1.0, 0.5, 0.5, 0.7, 0.1],  # epoch 3 ties epoch 2: no better, then patience runs out
+        [{"a": 2.0, "b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 0.5}, {"a": 0.9, "b": 0.5}],
+    )
+    weights = []
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3 * 32 * 32, 3)
+    res = fit(
+        model,
+        SeedlessDataset(flat_dataset(train_x, train_y)),
+        flat_dataset(val_x, val_y),
+        task,
+        Recipe(lr=3e-3),
+        LoopSettings(epochs=5, patience=2, batch_size=16, seed=0),
+        Runtime(CPU),
+        on_epoch=lambda epoch, row: weights.append(model.weight.detach().clone()),
+        choose=task.more,
+    )
+    assert [row["epoch"] for row in res.history] == [1, 2, 3, 4]  # epoch 4: 2 since best
+    assert res.best_epoch == 2 and torch.equal(res.state["weight"], weights[1])
+    assert torch.equal(model.weight, weights[1])  # the best weights loaded
+    assert {k: (c.epoch, c.loss) for k, c in res.chosen.items()} == {"a": (4, 0.9), "b": (3, 0.5)}
+    for choice in res.chosen.values():
+        assert torch.equal(choice.state["weight"], weights[choice.epoch - 1])
+        assert choice.outputs["proba"].shape == (16, 3)
 
 
 def test_fp16_on_cpu_is_refused_as_too_slow():

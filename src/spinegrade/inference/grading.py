@@ -20,7 +20,7 @@ from spinegrade.core import vocab
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.errors import DataError
-from spinegrade.core.runtime import device
+from spinegrade.core.runtime import Runtime, device
 from spinegrade.data.crops import crop_25d
 from spinegrade.inference.studies import StudyVolumes
 from spinegrade.models.backbones import create_backbone, input_normalization, predict_proba
@@ -49,7 +49,7 @@ class Grader:
     group: str
     backbone: str  # a timm name, or "ensemble"
     members: list[Member]
-    precision: str = "fp32"  # engine.precision: autocast of the models
+    rt: Runtime | None = None  # the members' device and autocast (None: the CPU in fp32)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """(N, k, S, S) uint8 crops -> (N, 3) calibrated probabilities."""
@@ -62,7 +62,7 @@ class Grader:
             if (m.mean, m.std) not in inputs:
                 inputs[m.mean, m.std] = CropDataset(crops, labels, m.mean, m.std)
             ds = inputs[m.mean, m.std]
-            p = apply_temperature(predict_proba(m.model, ds, 64, self.precision), m.temperature)
+            p = apply_temperature(predict_proba(m.model, ds, 64, self.rt), m.temperature)
             per_backbone.setdefault(m.backbone, []).append(p)
         return np.mean([np.mean(ps, axis=0) for ps in per_backbone.values()], axis=0)
 
@@ -113,14 +113,15 @@ def graders_from_directories(
     precision: str = "fp32",
 ) -> dict[str, Grader]:
     """Graders from group -> backbone -> a directory of ``fold*.safetensors`` and
-    ``metrics.json`` (a training output, or a registered model version's files)."""
-    dev = dev or device("cpu")
+    ``metrics.json`` (a training output, or a registered model version's files), on
+    ``dev`` (default: the CPU) under ``precision``'s autocast: one Runtime for them all."""
+    rt = Runtime(dev or device("cpu"), precision)
     graders = {}
     for group, dirs in directories.items():
         members = [m for b, d in dirs.items() for m in _members(Path(d), b, train, crop)]
         for m in members:
-            m.model.to(dev)
-        graders[group] = Grader(group, selection[group], members, precision)
+            m.model.to(rt.device)
+        graders[group] = Grader(group, selection[group], members, rt)
         log.info("%s: grading with %s (%d fold model(s))", group, selection[group], len(members))
     return graders
 

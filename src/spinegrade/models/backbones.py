@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from spinegrade.core.errors import ConfigError
-from spinegrade.core.runtime import Runtime
+from spinegrade.core.runtime import Runtime, device
 from spinegrade.models.inputs import CropDataset
 
 N_CLASSES = 3
@@ -158,16 +158,17 @@ def count_flops(
 
 @torch.no_grad()
 def predict_proba(
-    model: nn.Module, dataset: CropDataset, batch_size: int, precision: str = "fp32"
+    model: nn.Module, dataset: CropDataset, batch_size: int, rt: Runtime | None = None
 ) -> np.ndarray:
-    """Softmax probabilities (N, 3) float64 of ``dataset`` in order, the model run under
-    ``precision``'s autocast on its device (checked by the caller: runtime.check_precision)."""
-    rt = Runtime(next(model.parameters()).device, precision)
+    """Softmax probabilities (N, 3) float64 of ``dataset`` in order, the model (already on
+    ``rt``'s device) run under ``rt``'s autocast; ``rt`` default: the CPU in fp32. Its
+    precision is checked by whoever built it (runtime.check_precision)."""
+    rt = rt or Runtime(device("cpu"))
     model.eval()
     out = []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for x, _ in loader:
         with rt.autocast():
-            logits = model(x.to(rt.device, non_blocking=True))
+            logits = model(rt.to_device(x))
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).double().numpy() if out else np.zeros((0, 3))

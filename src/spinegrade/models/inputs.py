@@ -18,11 +18,16 @@ def seeded_item(key: int | tuple[int, int]) -> tuple[int, int | None]:
     return int(key), None
 
 
+def crop_rows(crops: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The indices into ``crops`` that ``rows`` names: every crop, in order, when None."""
+    return np.arange(len(crops)) if rows is None else np.asarray(rows)
+
+
 class CropDataset(torch.utils.data.Dataset):
     """Crops as standardized float tensors (k, S, S), with labels.
 
     ``crops`` may be a memory-mapped array (``np.load(..., mmap_mode="r")``): items are
-    read from it one at a time, ``rows`` picking which (default: all, in order), so data
+    read from it one at a time, ``rows`` picking which (:func:`crop_rows`), so data
     loader workers share the file's pages instead of each holding a copy.
     ``mean``/``std`` None standardize each crop by its own mean and standard deviation;
     numbers standardize every crop alike (e.g. the model's data config).
@@ -38,7 +43,7 @@ class CropDataset(torch.utils.data.Dataset):
         rows: np.ndarray | None = None,
     ) -> None:
         self.crops = crops
-        self.rows = np.arange(len(crops)) if rows is None else np.asarray(rows)
+        self.rows = crop_rows(crops, rows)
         labels = np.asarray(labels)
         if len(labels) != len(self.rows):
             raise ValueError(f"{len(labels)} labels for {len(self.rows)} crops")

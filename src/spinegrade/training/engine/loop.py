@@ -5,7 +5,9 @@ Per epoch (numbered from 1): train over a shuffled shard of the training set (mi
 precision if asked, a gradient scaler for fp16, the schedule stepped per optimizer step),
 predict the whole validation set (sharded across processes and gathered), score it, call
 the epoch hook, keep the weights and validation outputs of the epoch with the lowest
-validation loss, and stop after ``patience`` epochs without a lower one.
+validation loss, and stop after ``patience`` epochs without a lower one. A family that
+chooses epochs by more losses than that one (``choose``: the graders', per scored fold)
+gets, per loss, the epoch where it was lowest, chosen here by the same rule.
 
 A non-finite training loss stops the job with an error naming the epoch and step (losses
 are read on the host every ``SYNC_EVERY`` steps, not after each); under CPU bf16 autocast a
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,10 +57,8 @@ class Task(Protocol):
         """Per-sample validation outputs of a batch (under autocast and no_grad)."""
         ...
 
-    def score(self, outputs: dict[str, np.ndarray], model: nn.Module) -> dict[str, float]:
-        """Validation metrics of the whole set's outputs; must include ``val_loss``.
-        ``model`` holds the epoch's weights (not wrapped in DDP), for a task that keeps the
-        weights of epochs it chooses itself."""
+    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Validation metrics of the whole set's outputs; must include ``val_loss``."""
         ...
 
 
@@ -78,6 +78,18 @@ class LoopSettings:
 
 
 @dataclass
+class Choice:
+    """The epoch (from 1; 0 before any) where a loss was lowest so far, its weights (on the
+    CPU) and its validation outputs. Only a strictly lower loss replaces it: of equal
+    losses, the first epoch stays chosen."""
+
+    epoch: int = 0
+    loss: float = math.inf
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class FitResult:
     """The model with its best weights, and what training measured."""
 
@@ -88,6 +100,7 @@ class FitResult:
     outputs: dict[str, np.ndarray]  # validation outputs of the best epoch
     seconds: float = 0.0
     speed: dict[str, float] = field(default_factory=dict)  # images/s, peak memory (MB)
+    chosen: dict[Hashable, Choice] = field(default_factory=dict)  # per ``choose`` key
 
 
 def _precision_hint(precision: str) -> str:
@@ -112,6 +125,8 @@ def _check_gradients(model: nn.Module, desc: str, epoch: int, step: int, precisi
 
 
 def _check_losses(
+    total: float,
+    seen: float,
     pending: list[tuple[torch.Tensor, int]],
     step: int,
     epoch: int,
@@ -119,26 +134,46 @@ def _check_losses(
     recipe: Recipe,
     rt: Runtime,
 ) -> tuple[float, float]:
-    """The summed loss x batch size and the number of samples of the steps up to ``step``
-    (over every process): one host sync for several steps. TrainingError naming the first
-    step whose loss is not finite on any process."""
+    """The epoch's running loss x batch size and number of samples (``total``, ``seen``)
+    with the steps up to ``step`` added (over every process): one host sync for several
+    steps. TrainingError naming the first step whose loss is not finite on any process."""
     k = len(pending)
     sums = all_sum(
         rt, torch.stack([p[0] for p in pending]).tolist() + [float(p[1]) for p in pending]
     )
-    losses, ns = sums[:k], sums[k:]
-    for i, (loss_sum, n) in enumerate(zip(losses, ns, strict=True)):
+    # One summation order for the whole epoch: step by step onto the running total, in
+    # step order (train_loss, as logged and in history.csv, is total / seen). The values
+    # are float32 losses x batch size: their float64 sums are exact, so the same in any
+    # order and grouping (math.fsum would add nothing), while an epoch's values span less
+    # than about 2**29 / steps (over half a million for 1000 steps).
+    for i, (loss_sum, n) in enumerate(zip(sums[:k], sums[k:], strict=True)):
         if not math.isfinite(loss_sum):
             raise TrainingError(
                 f"{settings.desc}: the training loss is {loss_sum / n} at epoch {epoch}, "
                 f"step {step - k + 1 + i}: lower the learning rate (lr {recipe.lr})"
                 + _precision_hint(rt.precision)
             )
-    return math.fsum(losses), math.fsum(ns)
+        total, seen = total + loss_sum, seen + n
+    return total, seen
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _choose(
+    epoch: int,
+    model: nn.Module,
+    outputs: dict[str, np.ndarray],
+    offers: list[tuple[Choice, float]],
+) -> None:
+    """Every choice whose epoch's loss is lower than its own so far takes this epoch, with
+    one copy of the weights that they share."""
+    better = [(choice, loss) for choice, loss in offers if loss < choice.loss]
+    if better:
+        state = _cpu_state(model)
+        for choice, loss in better:
+            choice.epoch, choice.loss, choice.state, choice.outputs = epoch, loss, state, outputs
 
 
 def _on_device(rt: Runtime, batch: Batch) -> Batch:
@@ -169,6 +204,7 @@ def fit(
     settings: LoopSettings,
     rt: Runtime,
     on_epoch: Callable[[int, dict], None] | None = None,
+    choose: Callable[[dict[str, np.ndarray]], dict[Hashable, float]] | None = None,
 ) -> FitResult:
     """Train ``model`` (already seeded and built) on ``train_set``; keep its best epoch.
 
@@ -176,12 +212,15 @@ def fit(
         recipe: AdamW learning rate and weight decay, and the schedule.
         on_epoch: called on rank 0 with (epoch, the epoch's history row plus its
             throughput: train/eval images per second, peak memory in MB) for MLflow.
+        choose: more losses to choose an epoch by, from each epoch's validation outputs
+            (key -> loss); per key, the epoch where it was lowest is ``FitResult.chosen``
+            (they do not stop training early: only ``val_loss`` does).
 
     Raises:
         TrainingError: a non-finite training loss, or CUDA out of memory.
     """
     try:
-        return _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch)
+        return _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch, choose)
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"{settings.desc}: CUDA out of memory at batch size {settings.batch_size}: "
@@ -189,7 +228,7 @@ def fit(
         ) from None
 
 
-def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> FitResult:
+def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch, choose) -> FitResult:
     start = time.perf_counter()
     if rt.device.type == "cuda":  # peak memory of this job, not of the process so far
         torch.cuda.reset_peak_memory_stats(rt.device)
@@ -219,7 +258,8 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> Fit
     scheduler = make_scheduler(optimizer, recipe, settings.epochs, len(train_loader))
     scaler = rt.grad_scaler()
 
-    best_loss, best_epoch, best_state, best_outputs = math.inf, 0, _cpu_state(model), {}
+    best = Choice()  # by val_loss
+    chosen: dict[Hashable, Choice] = {}  # by each of ``choose``'s losses
     history: list[dict] = []
     speeds: list[dict] = []
     bar = tqdm(
@@ -248,15 +288,15 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> Fit
             scaler.update()
             scheduler.step()
             if len(pending) == SYNC_EVERY or step == last_step:
-                batch_sum, batch_n = _check_losses(pending, step, epoch, settings, recipe, rt)
-                total, seen, pending = total + batch_sum, seen + batch_n, []
+                total, seen = _check_losses(total, seen, pending, step, epoch, settings, recipe, rt)
+                pending = []
         t1 = time.perf_counter()
         outputs = predict_all(model, task, val_loader, rt, n_val)
         t2 = time.perf_counter()
         row = {
             "epoch": epoch,
             "train_loss": total / max(seen, 1.0),
-            **task.score(outputs, model),
+            **task.score(outputs),
             "lr": float(optimizer.param_groups[0]["lr"]),
         }
         if not math.isfinite(row["val_loss"]):
@@ -274,18 +314,18 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch) -> Fit
         if on_epoch is not None and rt.is_main:
             on_epoch(epoch, {**row, **speed})
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
-        if row["val_loss"] < best_loss:
-            best_loss, best_epoch = row["val_loss"], epoch
-            best_state, best_outputs = _cpu_state(model), outputs
-        elif epoch - best_epoch >= settings.patience:
-            log.info("%s: early stop at epoch %d (best %d)", settings.desc, epoch, best_epoch)
+        offers = [(best, row["val_loss"])]
+        for key, loss in (choose(outputs) if choose else {}).items():
+            offers.append((chosen.setdefault(key, Choice()), loss))
+        _choose(epoch, model, outputs, offers)
+        if best.epoch < epoch and epoch - best.epoch >= settings.patience:
+            log.info("%s: early stop at epoch %d (best %d)", settings.desc, epoch, best.epoch)
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.state)
     summary = {
         "train_images_per_s": float(np.mean([s["train_images_per_s"] for s in speeds])),
         "eval_images_per_s": float(np.mean([s["eval_images_per_s"] for s in speeds])),
         "peak_memory_mb": max(s["peak_memory_mb"] for s in speeds),
     }
-    return FitResult(
-        model, best_state, history, best_epoch, best_outputs, time.perf_counter() - start, summary
-    )
+    seconds = time.perf_counter() - start
+    return FitResult(model, best.state, history, best.epoch, best.outputs, seconds, summary, chosen)

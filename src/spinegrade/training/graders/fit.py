@@ -31,11 +31,11 @@ from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
 from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.backbones import create_backbone, input_normalization, model_cost
-from spinegrade.models.inputs import CropDataset
+from spinegrade.models.inputs import CropDataset, crop_rows
 from spinegrade.scoring.calibration import apply_temperature, fit_temperature
 from spinegrade.scoring.metrics import classification_metrics
 from spinegrade.training.engine.augment import build_augmentation
-from spinegrade.training.engine.loop import Batch, LoopSettings, fit
+from spinegrade.training.engine.loop import Batch, Choice, LoopSettings, fit
 from spinegrade.training.graders.losses import make_loss, metric_loss
 
 log = logging.getLogger(__name__)
@@ -84,26 +84,14 @@ def oversample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate(index))
 
 
-@dataclass
-class Choice:
-    """What a scored fold's inner fold chose: the epoch, its weights (on the CPU) and the
-    validation probabilities of that epoch (every validation crop)."""
-
-    epoch: int = 0
-    loss: float = np.inf
-    state: dict | None = None
-    proba: np.ndarray | None = None
-
-
 class GraderTask:
     """The graders' part of the training loop: weighted loss, softmax probabilities, and
     validation by the metric's group term, macro recall and macro F1.
 
     ``choices`` maps each scored fold to the positions (in the validation set) of its inner
-    fold: after every epoch, a fold whose inner loss improved keeps that epoch (``chosen``:
-    its epoch, the model's weights and the probabilities). The epoch's reported
-    ``val_loss`` and scores are over the one inner fold when there is one choice, else over
-    the whole validation set."""
+    fold, whose loss chooses the fold's epoch (``inner_losses``, the loop's ``choose``).
+    The epoch's reported ``val_loss`` and scores are over the one inner fold when there is
+    one choice, else over the whole validation set."""
 
     def __init__(
         self,
@@ -113,8 +101,6 @@ class GraderTask:
     ) -> None:
         self.criterion, self.labels = criterion, labels
         self.choices = choices or {}
-        self.chosen = {k: Choice() for k in self.choices}
-        self.epochs = 0
         only = list(self.choices.values())
         self.shown = only[0] if len(only) == 1 else np.arange(len(labels))
 
@@ -126,15 +112,15 @@ class GraderTask:
         logits = model(batch[0])
         return {"proba": torch.softmax(logits.float(), dim=1).double().cpu().numpy()}
 
-    def score(self, outputs: dict[str, np.ndarray], model: nn.Module) -> dict[str, float]:
+    def inner_losses(self, outputs: dict[str, np.ndarray]) -> dict[int, float]:
+        """Per scored fold, the metric's group term on its inner fold."""
         proba = outputs["proba"]
-        self.epochs += 1
-        for fold, rows in self.choices.items():
-            loss = metric_loss(proba[rows], self.labels[rows])
-            if loss < self.chosen[fold].loss:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                self.chosen[fold] = Choice(self.epochs, loss, state, proba)
-        proba, labels = proba[self.shown], self.labels[self.shown]
+        return {
+            fold: metric_loss(proba[rows], self.labels[rows]) for fold, rows in self.choices.items()
+        }
+
+    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        proba, labels = outputs["proba"][self.shown], self.labels[self.shown]
         scores = classification_metrics(labels, proba)
         return {
             "val_loss": metric_loss(proba, labels),
@@ -147,14 +133,11 @@ class GraderTask:
 class Split:
     """One side of a fold: ``labels[i]`` grades crop ``crops[rows[i]]``. ``crops`` is an
     (N, k, S, S) uint8 array, memory-mapped or not (the whole group's, read row by row);
-    ``rows`` None means every crop in order."""
+    ``rows`` picks them as CropDataset's do (``models.inputs.crop_rows``)."""
 
     crops: np.ndarray
     labels: np.ndarray
     rows: np.ndarray | None = None
-
-    def indices(self) -> np.ndarray:
-        return np.arange(len(self.crops)) if self.rows is None else np.asarray(self.rows)
 
 
 @dataclass
@@ -167,7 +150,7 @@ class FoldResult:
     best_epoch: int = 0
     seconds: float = 0.0
     speed: dict[str, float] = field(default_factory=dict)  # images/s, peak memory (MB)
-    chosen: dict[int, Choice] = field(default_factory=dict)  # scored fold -> its choice
+    chosen: dict[int, Choice] = field(default_factory=dict)  # scored fold -> its epoch
 
 
 def train_fold(
@@ -200,7 +183,7 @@ def train_fold(
     """
     rt = rt or Runtime(device("cpu"))
     seed_everything(seed, rt.deterministic)
-    train_labels, train_rows = np.asarray(train.labels), train.indices()
+    train_labels, train_rows = np.asarray(train.labels), crop_rows(train.crops, train.rows)
     val_labels = np.asarray(val.labels)
     k, size = train.crops.shape[1], train.crops.shape[2]
     model = create_backbone(
@@ -214,7 +197,7 @@ def train_fold(
     )
     augment = build_augmentation(seed) if cfg.augment else None
     train_ds = CropDataset(train.crops, train_labels[idx], mean, std, augment, rows=train_rows[idx])
-    val_ds = CropDataset(val.crops, val_labels, mean, std, rows=val.indices())
+    val_ds = CropDataset(val.crops, val_labels, mean, std, rows=val.rows)
     settings = LoopSettings(
         epochs=cfg.epochs,
         patience=cfg.patience if len(choices or {}) <= 1 else cfg.epochs,
@@ -226,7 +209,7 @@ def train_fold(
     )
     loss = make_loss(cfg).to(rt.device)  # class weights too
     task = GraderTask(loss, val_labels, choices)
-    res = fit(model, train_ds, val_ds, task, recipe, settings, rt, on_epoch)
+    res = fit(model, train_ds, val_ds, task, recipe, settings, rt, on_epoch, task.inner_losses)
     result = FoldResult(
         res.state,
         res.outputs["proba"],
@@ -234,7 +217,7 @@ def train_fold(
         res.best_epoch,
         res.seconds,
         res.speed,
-        task.chosen,
+        res.chosen,
     )
     return res.model, result
 
@@ -344,14 +327,15 @@ def train_group_backbone(
                     hooks.epoch(fold, epoch, row)
             # every choice is made (by the inner fold): now the scored fold is read, once
             choice = res.chosen[fold]
+            proba = choice.outputs["proba"]
             at_inner, scored = val_fold == inner, val_fold == fold
             try:
-                temperature = fit_temperature(choice.proba[at_inner], val_labels[at_inner])
+                temperature = fit_temperature(proba[at_inner], val_labels[at_inner])
                 model.load_state_dict(choice.state)
             except BaseException as exc:
                 hooks.fail(fold, exc)
                 raise
-            raw = choice.proba[scored]
+            raw = proba[scored]
             calibrated = apply_temperature(raw, temperature)
             m = classification_metrics(val_labels[scored], calibrated)
             summary = {
@@ -375,7 +359,7 @@ def train_group_backbone(
             hooks.end(fold, model, {**summary, **cost}, m["confusion"])
             states[fold] = choice.state
             oof_parts.append(_table(index, fold_array == fold, fold, calibrated, raw))
-            inner_proba = choice.proba[at_inner]
+            inner_proba = proba[at_inner]
             inner_parts.append(
                 _table(
                     index,

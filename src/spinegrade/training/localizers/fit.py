@@ -107,7 +107,7 @@ class LocalizerTask:
         pred = Prediction(outputs["heatmaps"], outputs["offsets_mm"])
         return point_errors(self.val, pred, self.spec, self.stride, self.sigma)
 
-    def score(self, outputs: dict[str, np.ndarray], model: nn.Module) -> dict[str, float]:
+    def score(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         return {
             "val_loss": float(np.mean(outputs["loss"])),
             **summarize_errors(self.errors(outputs)),
