@@ -34,12 +34,18 @@ $(DEV): $(STAMP) requirements-dev.txt
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# pytest-xdist runs the tests in $(JOBS) processes: most of a test's time is Python and
+# process start-up, which the two cores share well. Tests run grouped by module (and the
+# tests of the shared tiny pipeline together: conftest.py), so no set-up is built twice.
+JOBS ?= 2
+PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+
 test: $(DEV) chromium
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	$(PYTEST) $(ARGS)
 
 QUICK := not slow and not dvc and not server and not chromium and not postgres and not gpu
 test-quick: $(DEV)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "$(QUICK)" $(ARGS)
+	$(PYTEST) -m "$(QUICK)" $(ARGS)
 
 # The browser tests drive Debian's chromium (Playwright cannot download its own browsers
 # here): installed with apt-get when running as root, else a message saying what to install.
