@@ -13,7 +13,13 @@ from spinegrade.core import vocab
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainingConfig
-from spinegrade.evaluation.compare import comparison_table, to_markdown
+from spinegrade.evaluation.compare import (
+    COLUMNS,
+    chosen_models,
+    comparison_metrics,
+    comparison_table,
+    to_markdown,
+)
 from spinegrade.evaluation.evaluate import ensemble_table, evaluate
 from spinegrade.models.backbones import input_normalization, predict_proba
 from spinegrade.models.inputs import CropDataset
@@ -312,6 +318,15 @@ def test_comparison_table_marks_what_it_cannot_rank():
         verdict = table[table["group"] == group].set_index("model")["verdict"]
         assert verdict.to_dict() == {"b": "best", "twin": "not distinguishable", "a": "worse"}
     assert not ev["paired"]["spinal"]["b-vs-twin"]["rsna_term"]["distinguishable"]
+    # the choice (predict's, the registry's) is each group's best row; the DVC metric
+    # holds every row under "{group}.{model}"
+    assert chosen_models(table) == {
+        g: {"model": "b", "rsna_group_term": ev["backbones"]["b"]["rsna"][g]} for g in vocab.GROUPS
+    }
+    metrics = comparison_metrics(table)
+    assert set(metrics) == {f"{g}.{m}" for g in vocab.GROUPS for m in models}
+    assert set(metrics["spinal.twin"]) == set(COLUMNS[2:])
+    assert metrics["spinal.twin"]["verdict"] == "not distinguishable"
     text = to_markdown(table, ev)
     assert "not distinguishable" in text and "b - twin" in text
     assert "Class-prior baseline" in text

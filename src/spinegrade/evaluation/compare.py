@@ -154,6 +154,24 @@ def paired_table(evaluation: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 
+def comparison_metrics(table: pd.DataFrame) -> dict[str, dict]:
+    """The table as a DVC metric: ``{group}.{model}`` -> the row's verdict and numbers (every
+    column after model and group)."""
+    return {
+        f"{r.group}.{r.model}": {k: getattr(r, k) for k in table.columns[2:]}
+        for r in table.itertuples()
+    }
+
+
+def chosen_models(table: pd.DataFrame) -> dict[str, dict]:
+    """Group -> the model its verdict ranks best and that model's rsna group term: the
+    choice predict grades with and the Model Registry holds, groups in table order."""
+    best = table[table["verdict"] == BEST]
+    return {
+        r.group: {"model": r.model, "rsna_group_term": r.rsna_group_term} for r in best.itertuples()
+    }
+
+
 def _ci(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
