@@ -34,7 +34,7 @@ from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
 from spinegrade.evaluation.predict import predict_report, review_summary
-from spinegrade.inference.predict import load_bundle, predict_studies, write_review
+from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
 from spinegrade.scoring.metrics import solution_from_wide
 from spinegrade.tracking.predict import log_predict
 
@@ -62,15 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(params.engine.threads)
         root = Path(json.loads(Path(args.source).read_text())["images_root"])
         series = read_series_table(root / "test_series_descriptions.csv")
-        bundle = load_bundle(
-            args.models,
-            args.localizers,
-            args.selection,
-            args.labels,
-            params.train_per_condition,
-            params.crop_rois,
-            params.engine,
-        )
+        files = BundleFiles(args.models, args.localizers, args.selection, args.labels)
+        bundle = load_bundle(files, params)
         answers, coordinates = root / TEST_LABELS_CSV, root / TEST_COORDINATES_CSV
         known = answers.is_file() and coordinates.is_file()
         solution = solution_from_wide(read_labels(answers)) if known else None
