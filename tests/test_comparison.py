@@ -18,6 +18,7 @@ from spinegrade.evaluation.compare import (
     chosen_models,
     comparison_metrics,
     comparison_table,
+    display_order,
     to_markdown,
 )
 from spinegrade.evaluation.evaluate import ensemble_table, evaluate
@@ -341,3 +342,19 @@ def test_the_ensemble_costs_the_sum_of_its_backbones():
     costs |= {(g, "b"): {"gflops": 3.0, "params": 5e6} for g in vocab.GROUPS}
     ens = comparison_table(ev.report, costs).query("model == 'ensemble'")
     assert len(ens) == 3 and (ens["gflops"] == 4.0).all() and (ens["params_m"] == 7.0).all()
+
+
+def test_the_comparison_runs_list_the_backbones_group_by_group_then_the_ensemble():
+    labels, folds, oof, backbones = _fixture()
+    ev = evaluate(
+        labels, folds, oof, list(vocab.GROUPS), backbones, EvaluateConfig(bootstrap_resamples=200)
+    )
+    costs = {(g, b): {"gflops": 1.0, "params": 2e6} for g in vocab.GROUPS for b in backbones}
+    table = comparison_table(ev.report, costs)
+    shown = display_order(table)
+    n = len(vocab.GROUPS) * len(backbones)
+    pd.testing.assert_frame_equal(
+        shown.iloc[:n], table[table["model"] != vocab.ENSEMBLE].reset_index(drop=True)
+    )
+    assert (shown["model"].iloc[n:] == vocab.ENSEMBLE).all()
+    assert list(shown["group"].iloc[n:]) == list(dict.fromkeys(table["group"]))

@@ -129,6 +129,15 @@ def comparison_table(evaluation: dict, model_metrics: dict[tuple[str, str], dict
     return table[list(COLUMNS)]
 
 
+def display_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The table's rows as the comparison experiment lists them: the backbones' rows group by
+    group (best first, as in the table), then the ensemble's. The MLflow UI's chart view draws
+    the first 10 runs until told otherwise: with three groups and three backbones, those are
+    the nine backbone rows and one ensemble."""
+    ensemble = table["model"] == vocab.ENSEMBLE
+    return pd.concat([table[~ensemble], table[ensemble]], ignore_index=True)
+
+
 def paired_table(evaluation: dict) -> pd.DataFrame:
     """Every pair of models per group: the difference in rsna group term and in macro
     recall (first minus second) with its paired interval, and whether it excludes zero."""

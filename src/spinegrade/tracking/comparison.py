@@ -9,9 +9,8 @@ error), the verdict and the pipeline run as tags, and the out-of-fold table it w
 on as an MLflow dataset input (the Dataset column). ``make ui`` opens this experiment, so a
 newcomer sees the table and its charts with no clicks.
 
-Runs are created so the UI's default order (newest first) lists the backbones' rows group by
-group, best first, then the ensemble's: the chart view draws the first 10 runs until told
-otherwise, which are then the nine (group, backbone) rows and one ensemble. A pipeline run
+Runs are created so the UI's default order (newest first) lists the rows in the order
+given; compare-backbones gives them in ``evaluation.compare.display_order``. A pipeline run
 logs its rows once: running compare-backbones again for the same pipeline (commit, data,
 params) updates those rows instead of adding new ones.
 
@@ -34,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from spinegrade.core import vocab
+from spinegrade.evaluation.compare import display_order
 from spinegrade.tracking.registry import register_choice
 from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG, child_run, setup
 
@@ -66,7 +66,7 @@ def log_comparison(
     datasets: dict[tuple[str, str], tuple[pd.DataFrame, str]],
     tags: dict[str, str],
 ) -> dict[tuple[str, str], str]:
-    """Log one run per row of ``table`` (compare-backbones' rows, in display order).
+    """Log one run per row of ``table``, which the UI lists in ``table``'s order.
 
     Args:
         experiment: the pipeline's experiment name (the comparison's is derived from it).
@@ -87,8 +87,6 @@ def log_comparison(
             [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline}'"
         )
     }
-    ensemble = table["model"] == vocab.ENSEMBLE
-    table = pd.concat([table[~ensemble], table[ensemble]], ignore_index=True)
     # newest first in the UI: create the last row first
     now = int(time.time() * 1000)
     ids = {}
@@ -181,9 +179,10 @@ def log_compare_backbones(
 
     Run ``compare-backbones`` under the pipeline's parent run holds ``reports`` as
     artifacts and the pipeline's fold runs as table ``fold_runs.json``; the comparison
-    experiment gets one run per row of ``table`` (:func:`log_comparison`, with the stage
-    run's provenance tags); each group's chosen model is registered from its training
-    outputs (``registry.register_choice``: an ensemble with all the backbones).
+    experiment gets one run per row of ``table`` (:func:`log_comparison`, rows in
+    ``evaluation.compare.display_order``, with the stage run's provenance tags); each
+    group's chosen model is registered from its training outputs
+    (``registry.register_choice``: an ensemble with all the backbones).
 
     Args:
         experiment: the pipeline's experiment name.
@@ -206,7 +205,7 @@ def log_compare_backbones(
         run_ids = log_comparison(
             experiment,
             parent,
-            table,
+            display_order(table),
             comparison_datasets(table, models, evaluated, train),
             {k: v for k, v in active.data.tags.items() if k.startswith(("dvc.", "git_"))},
         )
