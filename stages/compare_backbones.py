@@ -21,24 +21,21 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import mlflow
-import pandas as pd
 
-from spinegrade.core import vocab
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_path, write_csv, write_json
 from spinegrade.evaluation.compare import (
+    chosen_models,
+    comparison_metrics,
     comparison_table,
     paired_table,
     recall_gflops_figure,
     to_markdown,
 )
-from spinegrade.tracking import store as tracking
-from spinegrade.tracking.comparison import log_comparison
-from spinegrade.tracking.registry import register_choice
+from spinegrade.tracking.comparison import log_compare_backbones
 
 # The params sections this stage reads (dvc.yaml declares the same).
 SECTIONS = (TrainConfig, MlflowConfig)
@@ -72,81 +69,31 @@ def main(argv: list[str] | None = None) -> int:
             for b in cfg.backbones
         }
         table = comparison_table(evaluation, costs)
+        choice = chosen_models(table)
         out = Path(args.out)
-        write_csv(out.with_suffix(".csv"), table)
+        csv, md, png = (out.with_suffix(s) for s in (".csv", ".md", ".png"))
         pairs = out.with_name(out.name + "-paired.csv")
+        write_csv(csv, table)
         write_csv(pairs, paired_table(evaluation))
-        with atomic_path(out.with_suffix(".md")) as tmp:
+        with atomic_path(md) as tmp:
             tmp.write_text(to_markdown(table, evaluation))
-        write_json(
-            out.with_suffix(".json"),
-            {
-                f"{r.group}.{r.model}": {k: getattr(r, k) for k in table.columns[2:]}
-                for r in table.itertuples()
-            },
-        )
-        best = table[table["verdict"] == "best"]
-        write_json(
-            args.choice,
-            {
-                r.group: {"model": r.model, "rsna_group_term": r.rsna_group_term}
-                for r in best.itertuples()
-            },
-        )
+        write_json(out.with_suffix(".json"), comparison_metrics(table))
+        write_json(args.choice, choice)
         fig = recall_gflops_figure(table)
-        with atomic_path(out.with_suffix(".png")) as tmp:
+        with atomic_path(png) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
-
-        with tracking.child_run(
+        log_compare_backbones(
             params.mlflow.experiment,
             args.params,
             [args.crops, args.folds],
-            "compare-backbones",
-            "compare",
-        ) as active:
-            experiment = active.info.experiment_id
-            parent = mlflow.get_run(active.info.run_id).data.tags["mlflow.parentRunId"]
-            for suffix in (".csv", ".md", ".png"):
-                mlflow.log_artifact(str(out.with_suffix(suffix)))
-            mlflow.log_artifact(str(pairs))
-            models = {
-                b: {g: pd.read_csv(Path(args.models) / g / b / "oof.csv") for g in cfg.groups}
-                for b in cfg.backbones
-            }
-            datasets = {
-                (g, b): (t[g], f"{args.models}/{g}/{b}/oof.csv")
-                for b, t in models.items()
-                for g in cfg.groups
-            }
-            for g in table.loc[table["model"] == vocab.ENSEMBLE, "group"]:
-                path = Path(args.evaluated) / vocab.ensemble_oof_csv(g)
-                datasets[(g, vocab.ENSEMBLE)] = (pd.read_csv(path), str(path))
-            run_ids = log_comparison(
-                params.mlflow.experiment,
-                parent,
-                table,
-                datasets,
-                {k: v for k, v in active.data.tags.items() if k.startswith(("dvc.", "git_"))},
-            )
-            for r in best.itertuples():
-                members = cfg.backbones if r.model == vocab.ENSEMBLE else [r.model]
-                register_choice(
-                    params.mlflow.experiment,
-                    run_ids[(r.group, r.model)],
-                    r.group,
-                    r.model,
-                    {b: Path(args.models) / r.group / b for b in members},
-                )
-            runs = mlflow.search_runs(
-                [experiment],
-                filter_string=f"tags.mlflow.parentRunId = '{parent}' "
-                "and tags.`spinegrade.role` = 'train'",
-            )
-            if len(runs):
-                mlflow.log_table(
-                    runs.drop(columns=["start_time", "end_time"], errors="ignore"), "fold_runs.json"
-                )
+            table,
+            choice,
+            [csv, md, png, pairs],
+            args.models,
+            args.evaluated,
+            cfg,
+        )
 
     return run(body)
 

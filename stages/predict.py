@@ -19,7 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 
 from spinegrade.core.config.base import load_sections
@@ -34,26 +33,10 @@ from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
-from spinegrade.evaluation.localization import summarize_localization
-from spinegrade.inference.localize import localization_errors
-from spinegrade.inference.predict import load_bundle, predict_studies, write_review
-from spinegrade.scoring.bootstrap import score_intervals
-from spinegrade.scoring.metrics import class_prior_submission, rsna_score, solution_from_wide
-from spinegrade.tracking import store as tracking
-
-
-def _summary(report: dict) -> dict[str, str]:
-    """The review page's header lines: the scores with their intervals, the point error."""
-    out = {}
-    for name, ci in report.get("rsna_score_ci", {}).items():
-        s = ci["score"]
-        out[f"rsna score, {name.replace('_', ' ')}"] = (
-            f"{s['estimate']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
-        )
-    if "localization" in report:
-        out["point error, median"] = f"{report['localization']['all']['error_mm_median']:.1f} mm"
-    return out
-
+from spinegrade.evaluation.predict import predict_report, review_summary
+from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
+from spinegrade.scoring.metrics import solution_from_wide
+from spinegrade.tracking.predict import log_predict
 
 # The params sections this stage reads (dvc.yaml declares the same).
 SECTIONS = (PredictConfig, EngineConfig, TrainConfig, CropConfig, EvaluateConfig, MlflowConfig)
@@ -79,18 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(params.engine.threads)
         root = Path(json.loads(Path(args.source).read_text())["images_root"])
         series = read_series_table(root / "test_series_descriptions.csv")
-        bundle = load_bundle(
-            args.models,
-            args.localizers,
-            args.selection,
-            args.labels,
-            params.train_per_condition,
-            params.crop_rois,
-            params.engine,
-        )
-        answers = root / TEST_LABELS_CSV
-        coordinates = root / TEST_COORDINATES_CSV
+        files = BundleFiles(args.models, args.localizers, args.selection, args.labels)
+        bundle = load_bundle(files, params)
+        answers, coordinates = root / TEST_LABELS_CSV, root / TEST_COORDINATES_CSV
         known = answers.is_file() and coordinates.is_file()
+        solution = solution_from_wide(read_labels(answers)) if known else None
         with atomic_dir(args.out) as tmp:
             result = predict_studies(
                 root / "test_images",
@@ -101,61 +77,37 @@ def main(argv: list[str] | None = None) -> int:
                 explain_dir=tmp / "explain" if cfg.explain else None,
                 review=cfg.review,
             )
+            scored = predict_report(
+                series, result, bundle.prior_solution, params.evaluate, solution
+            )
             write_csv(tmp / "submission.csv", result.submission)
             write_csv(tmp / "points.csv", result.points)
             write_json(tmp / "selection.json", bundle.selection)
             with atomic_path(tmp / "warnings.txt") as path:
                 path.write_text("".join(w + "\n" for w in result.warnings))
-            report: dict = {
-                "studies": series["study_id"].nunique(),
-                "rows": len(result.submission),
-                "points_found": len(result.points),
-                "warnings": len(result.warnings),
-            }
             if known:
-                at_labels = result.at_labels
-                write_csv(tmp / "submission_at_labelled_points.csv", at_labels.submission)
-                solution = solution_from_wide(read_labels(answers))
-                prior = class_prior_submission(
-                    bundle.prior_solution, sorted(solution["study_id"].unique())
-                )
-                errors = localization_errors(result.points, at_labels.points)
-                write_csv(tmp / "localization_errors.csv", errors)
-                submissions = {
-                    "localized": result.submission,
-                    "labelled_points": at_labels.submission,
-                    "class_prior": prior,
-                }
-                report["rsna_score"] = {k: rsna_score(solution, v) for k, v in submissions.items()}
-                report["rsna_score_ci"] = {
-                    k: score_intervals(solution, v, params.evaluate) for k, v in submissions.items()
-                }
-                report["localization"] = summarize_localization(errors)
+                write_csv(tmp / "submission_at_labelled_points.csv", result.at_labels.submission)
+                write_csv(tmp / "localization_errors.csv", scored.errors)
             if cfg.review:
                 write_review(
                     tmp / "review.html",
                     result,
                     bundle.selection,
-                    solution if known else None,
-                    _summary(report),
+                    solution,
+                    review_summary(scored.report),
                 )
-        write_json(args.report, report)
-
-        with tracking.child_run(
+        write_json(args.report, scored.report)
+        logged = ["submission.csv", "points.csv", "warnings.txt"]
+        logged += ["review.html"] if cfg.review else []
+        log_predict(
             params.mlflow.experiment,
             args.params,
             [args.models, args.localizers],
-            "predict",
-            "predict",
-            tags={f"backbone.{g}": b for g, b in bundle.selection.items()},
-        ):
-            mlflow.log_params({"explain": cfg.explain, "on_error": cfg.on_error})
-            mlflow.log_metrics(tracking.numeric(report))
-            mlflow.log_artifact(args.report)
-            for name in ("submission.csv", "points.csv", "warnings.txt"):
-                mlflow.log_artifact(str(Path(args.out) / name))
-            if cfg.review:
-                mlflow.log_artifact(str(Path(args.out) / "review.html"))
+            cfg,
+            bundle.selection,
+            scored.report,
+            [Path(args.report), *(Path(args.out) / name for name in logged)],
+        )
 
     return run(body)
 

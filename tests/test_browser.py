@@ -25,7 +25,7 @@ from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from spinegrade.cli.browser import CHROMIUM_ARGS, MISSING, chromium_path
 from spinegrade.cli.ui import RUNS_LINK
 from spinegrade.core import vocab
-from spinegrade.evaluation.compare import COLUMNS
+from spinegrade.evaluation.compare import COLUMNS, display_order
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.comparison import comparison_experiment, log_comparison
 
@@ -59,7 +59,7 @@ def comparison_store(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(ws)
     tracking.setup("browser-test", ws)
     oof = pd.DataFrame({"study_id": [1, 2], "label": [0, 2]})
-    table = _table()
+    table = display_order(_table())  # as compare-backbones gives them
     datasets = {
         (r.group, r.model): (oof, f"models/{r.group}/{r.model}/oof.csv") for r in table.itertuples()
     }

@@ -13,7 +13,14 @@ from spinegrade.core import vocab
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainingConfig
-from spinegrade.evaluation.compare import comparison_table, to_markdown
+from spinegrade.evaluation.compare import (
+    COLUMNS,
+    chosen_models,
+    comparison_metrics,
+    comparison_table,
+    display_order,
+    to_markdown,
+)
 from spinegrade.evaluation.evaluate import ensemble_table, evaluate
 from spinegrade.models.backbones import input_normalization, predict_proba
 from spinegrade.models.inputs import CropDataset
@@ -312,6 +319,15 @@ def test_comparison_table_marks_what_it_cannot_rank():
         verdict = table[table["group"] == group].set_index("model")["verdict"]
         assert verdict.to_dict() == {"b": "best", "twin": "not distinguishable", "a": "worse"}
     assert not ev["paired"]["spinal"]["b-vs-twin"]["rsna_term"]["distinguishable"]
+    # the choice (predict's, the registry's) is each group's best row; the DVC metric
+    # holds every row under "{group}.{model}"
+    assert chosen_models(table) == {
+        g: {"model": "b", "rsna_group_term": ev["backbones"]["b"]["rsna"][g]} for g in vocab.GROUPS
+    }
+    metrics = comparison_metrics(table)
+    assert set(metrics) == {f"{g}.{m}" for g in vocab.GROUPS for m in models}
+    assert set(metrics["spinal.twin"]) == set(COLUMNS[2:])
+    assert metrics["spinal.twin"]["verdict"] == "not distinguishable"
     text = to_markdown(table, ev)
     assert "not distinguishable" in text and "b - twin" in text
     assert "Class-prior baseline" in text
@@ -326,3 +342,19 @@ def test_the_ensemble_costs_the_sum_of_its_backbones():
     costs |= {(g, "b"): {"gflops": 3.0, "params": 5e6} for g in vocab.GROUPS}
     ens = comparison_table(ev.report, costs).query("model == 'ensemble'")
     assert len(ens) == 3 and (ens["gflops"] == 4.0).all() and (ens["params_m"] == 7.0).all()
+
+
+def test_the_comparison_runs_list_the_backbones_group_by_group_then_the_ensemble():
+    labels, folds, oof, backbones = _fixture()
+    ev = evaluate(
+        labels, folds, oof, list(vocab.GROUPS), backbones, EvaluateConfig(bootstrap_resamples=200)
+    )
+    costs = {(g, b): {"gflops": 1.0, "params": 2e6} for g in vocab.GROUPS for b in backbones}
+    table = comparison_table(ev.report, costs)
+    shown = display_order(table)
+    n = len(vocab.GROUPS) * len(backbones)
+    pd.testing.assert_frame_equal(
+        shown.iloc[:n], table[table["model"] != vocab.ENSEMBLE].reset_index(drop=True)
+    )
+    assert (shown["model"].iloc[n:] == vocab.ENSEMBLE).all()
+    assert list(shown["group"].iloc[n:]) == list(dict.fromkeys(table["group"]))

@@ -25,13 +25,15 @@ from safetensors.torch import save_file
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
 from spinegrade.core.config.crop_rois import CropConfig
+from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.localizer_input import LocalizerInput
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainConfig
 from spinegrade.core.errors import DataError
-from spinegrade.core.vocab import TEST_COORDINATES_CSV
-from spinegrade.data.tables import read_series_table
+from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
+from spinegrade.data.tables import read_labels, read_series_table
 from spinegrade.evaluation.localization import summarize_localization
+from spinegrade.evaluation.predict import predict_report, review_summary
 from spinegrade.inference.explain import cam_layer, grad_cam
 from spinegrade.inference.grading import Grader, Member, load_graders, select_backbones
 from spinegrade.inference.localize import (
@@ -46,7 +48,7 @@ from spinegrade.models.heatmap import HeatmapNet
 from spinegrade.models.inputs import CropDataset
 from spinegrade.models.points import point_spec
 from spinegrade.scoring.calibration import apply_temperature
-from spinegrade.scoring.metrics import solution_from_labels, submission_rows
+from spinegrade.scoring.metrics import solution_from_labels, solution_from_wide, submission_rows
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.registry import register_choice
 
@@ -200,10 +202,20 @@ def test_corrupt_file_is_named_and_skipped_or_raised(tiny_dataset, bundle, tmp_p
         predict_studies(images, series, bundle, on_error="raise")
 
 
-def test_labelled_coordinates_are_graded_from_the_same_read(tiny_dataset, bundle, predicted):
+@pytest.fixture(scope="module")
+def predicted_with_labels(tiny_dataset, bundle, predicted):
+    """``predicted``'s studies again, also graded at their labelled coordinates."""
+    series, _, _ = predicted
+    coords = pd.read_csv(tiny_dataset / TEST_COORDINATES_CSV)
+    return predict_studies(tiny_dataset / "test_images", series, bundle, coordinates=coords)
+
+
+def test_labelled_coordinates_are_graded_from_the_same_read(
+    tiny_dataset, predicted, predicted_with_labels
+):
     series, found, _ = predicted
     coords = pd.read_csv(tiny_dataset / TEST_COORDINATES_CSV)
-    both = predict_studies(tiny_dataset / "test_images", series, bundle, coordinates=coords)
+    both = predicted_with_labels
     pd.testing.assert_frame_equal(both.submission, found.submission)  # localized: unchanged
     result = both.at_labels
     assert len(result.points) == len(coords)
@@ -218,6 +230,39 @@ def test_labelled_coordinates_are_graded_from_the_same_read(tiny_dataset, bundle
     assert (same["error_mm"] == 0).all()
     summary = summarize_localization(same)
     assert summary["all"]["slice_exact"] == 1.0 and summary["all"]["points"] == len(coords)
+
+
+def test_the_report_scores_the_submission_beside_its_references_when_the_answers_are_known(
+    tiny_dataset, bundle, predicted, predicted_with_labels
+):
+    series, found, _ = predicted
+    settings = EvaluateConfig(bootstrap_resamples=100)
+    counts = predict_report(series, found, bundle.prior_solution, settings)
+    assert counts.errors is None and counts.report == {
+        "studies": series["study_id"].nunique(),
+        "rows": len(found.submission),
+        "points_found": len(found.points),
+        "warnings": len(found.warnings),
+    }
+    assert review_summary(counts.report) == {}
+    solution = solution_from_wide(read_labels(tiny_dataset / TEST_LABELS_CSV))
+    with pytest.raises(ValueError, match="labelled coordinates"):
+        predict_report(series, found, bundle.prior_solution, settings, solution)
+    scored = predict_report(
+        series, predicted_with_labels, bundle.prior_solution, settings, solution
+    )
+    report = scored.report
+    names = ["localized", "labelled_points", "class_prior"]
+    assert list(report["rsna_score"]) == list(report["rsna_score_ci"]) == names
+    for name, ci in report["rsna_score_ci"].items():
+        assert ci["score"]["estimate"] == pytest.approx(report["rsna_score"][name]["score"])
+    assert report["localization"]["all"]["points"] == len(scored.errors) > 0
+    assert list(review_summary(report)) == [
+        "rsna score, localized",
+        "rsna score, labelled points",
+        "rsna score, class prior",
+        "point error, median",
+    ]
 
 
 def test_submission_rows_fill_ungraded_rows_with_the_prior_and_renormalize():

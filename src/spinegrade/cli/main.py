@@ -140,7 +140,7 @@ def predict_command(args: argparse.Namespace) -> None:
     from spinegrade.core.io import write_csv
     from spinegrade.core.runtime import set_threads
     from spinegrade.data.tables import read_series_table
-    from spinegrade.inference.predict import load_bundle, predict_studies, write_review
+    from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
     from spinegrade.scoring.metrics import solution_from_wide
 
     params = load_params(args.params)
@@ -159,16 +159,8 @@ def predict_command(args: argparse.Namespace) -> None:
                 g: download_choice(params.mlflow.experiment, g, Path(tmp) / g)
                 for g in params.train_per_condition.groups
             }
-        bundle = load_bundle(
-            args.models,
-            args.localizers,
-            args.selection,
-            args.labels,
-            params.train_per_condition,
-            params.crop_rois,
-            params.engine,
-            registered,
-        )
+        files = BundleFiles(args.models, args.localizers, args.selection, args.labels)
+        bundle = load_bundle(files, params, registered)
     if (args.answers or args.coordinates) and not args.report:
         raise ConfigError(
             "--answers and --coordinates are shown on the --report page: add --report"

@@ -129,6 +129,15 @@ def comparison_table(evaluation: dict, model_metrics: dict[tuple[str, str], dict
     return table[list(COLUMNS)]
 
 
+def display_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The table's rows as the comparison experiment lists them: the backbones' rows group by
+    group (best first, as in the table), then the ensemble's. The MLflow UI's chart view draws
+    the first 10 runs until told otherwise: with three groups and three backbones, those are
+    the nine backbone rows and one ensemble."""
+    ensemble = table["model"] == vocab.ENSEMBLE
+    return pd.concat([table[~ensemble], table[ensemble]], ignore_index=True)
+
+
 def paired_table(evaluation: dict) -> pd.DataFrame:
     """Every pair of models per group: the difference in rsna group term and in macro
     recall (first minus second) with its paired interval, and whether it excludes zero."""
@@ -152,6 +161,24 @@ def paired_table(evaluation: dict) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
+
+
+def comparison_metrics(table: pd.DataFrame) -> dict[str, dict]:
+    """The table as a DVC metric: ``{group}.{model}`` -> the row's verdict and numbers (every
+    column after model and group)."""
+    return {
+        f"{r.group}.{r.model}": {k: getattr(r, k) for k in table.columns[2:]}
+        for r in table.itertuples()
+    }
+
+
+def chosen_models(table: pd.DataFrame) -> dict[str, dict]:
+    """Group -> the model its verdict ranks best and that model's rsna group term: the
+    choice predict grades with and the Model Registry holds, groups in table order."""
+    best = table[table["verdict"] == BEST]
+    return {
+        r.group: {"model": r.model, "rsna_group_term": r.rsna_group_term} for r in best.itertuples()
+    }
 
 
 def _ci(value: float, low: float, high: float) -> str:

@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 from tqdm import tqdm
@@ -58,30 +59,53 @@ class Bundle:
     selection: dict[str, str]
 
 
+@dataclass(frozen=True)
+class BundleFiles:
+    """Where predict's models and class prior come from: a finished ``dvc repro``'s outputs.
+
+    Attributes:
+        models: train-per-condition outputs ({group}/{backbone}/).
+        localizers: train-localizer outputs ({series type}/).
+        selection: compare-backbones.json (the model chosen per group).
+        labels: ingest's labels.csv (training labels: the class prior).
+    """
+
+    models: str | Path
+    localizers: str | Path
+    selection: str | Path
+    labels: str | Path
+
+
+class BundleParams(Protocol):
+    """The params sections load_bundle reads: all of params.yaml (``load_params``) or a
+    stage's sections (``load_sections``) holding these three."""
+
+    @property
+    def train_per_condition(self) -> TrainConfig: ...
+
+    @property
+    def crop_rois(self) -> CropConfig: ...
+
+    @property
+    def engine(self) -> EngineConfig: ...
+
+
 def load_bundle(
-    models_dir: str | Path,
-    localizers_dir: str | Path,
-    comparison_path: str | Path,
-    labels_path: str | Path,
-    train: TrainConfig,
-    crop: CropConfig,
-    engine: EngineConfig,
+    files: BundleFiles,
+    params: BundleParams,
     registered: dict[str, tuple[dict, Path]] | None = None,
 ) -> Bundle:
     """Graders chosen by compare-backbones, the three localizers, and the class prior.
 
     Args:
-        models_dir: train-per-condition outputs ({group}/{backbone}/).
-        localizers_dir: train-localizer outputs ({series type}/).
-        comparison_path: compare-backbones.json.
-        labels_path: ingest's labels.csv (training labels: the class prior).
-        train: train-per-condition params the graders were trained with (recipes).
-        crop: crop-rois params their crops were cut with.
-        engine: the device and precision to run them in (engine.device, engine.precision).
+        files: the models, localizers, selection and labels to read.
+        params: train-per-condition (the recipes the graders were trained with), crop-rois
+            (how their crops were cut) and engine (the device and precision to run them in).
         registered: group -> (manifest, directory) of a registered model version
             (tracking.registry.download_choice); then the graders come from there, and
-            ``models_dir`` and ``comparison_path`` are not read.
+            ``files.models`` and ``files.selection`` are not read.
     """
+    train, crop, engine = params.train_per_condition, params.crop_rois, params.engine
     dev = runtime.device(engine.device)
     runtime.check_precision(dev, engine.precision)
     precision = runtime.resolve_precision(dev, engine.precision)
@@ -93,17 +117,17 @@ def load_bundle(
         }
         graders = graders_from_directories(directories, selection, train, crop, dev, precision)
     else:
-        comparison_path = Path(comparison_path)
+        comparison_path = Path(files.selection)
         if not comparison_path.is_file():
             raise FileNotFoundError(
                 f"{comparison_path}: no compare-backbones report (run `dvc repro` first)"
             )
         selection = select_backbones(json.loads(comparison_path.read_text()), list(vocab.GROUPS))
-        graders = load_graders(models_dir, selection, train, crop, dev, precision)
+        graders = load_graders(files.models, selection, train, crop, dev, precision)
     localizers = {
-        slug: Localizer.load(Path(localizers_dir) / slug, dev) for slug in vocab.SERIES_FROM_SLUG
+        slug: Localizer.load(Path(files.localizers) / slug, dev) for slug in vocab.SERIES_FROM_SLUG
     }
-    labels_path = Path(labels_path)
+    labels_path = Path(files.labels)
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: training label table not found (for the prior)")
     prior = solution_from_labels(pd.read_csv(labels_path))

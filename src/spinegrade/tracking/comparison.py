@@ -9,11 +9,13 @@ error), the verdict and the pipeline run as tags, and the out-of-fold table it w
 on as an MLflow dataset input (the Dataset column). ``make ui`` opens this experiment, so a
 newcomer sees the table and its charts with no clicks.
 
-Runs are created so the UI's default order (newest first) lists the backbones' rows group by
-group, best first, then the ensemble's: the chart view draws the first 10 runs until told
-otherwise, which are then the nine (group, backbone) rows and one ensemble. A pipeline run
+Runs are created so the UI's default order (newest first) lists the rows in the order
+given; compare-backbones gives them in ``evaluation.compare.display_order``. A pipeline run
 logs its rows once: running compare-backbones again for the same pipeline (commit, data,
 params) updates those rows instead of adding new ones.
+
+:func:`log_compare_backbones` is all that stage logs: its own run under the pipeline's
+parent run, these rows, and each group's choice in the Model Registry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -29,7 +33,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from spinegrade.core import vocab
-from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG, setup
+from spinegrade.evaluation.compare import display_order
+from spinegrade.tracking.registry import register_choice
+from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG, child_run, setup
+
+if TYPE_CHECKING:
+    from spinegrade.core.config.train_per_condition import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +66,7 @@ def log_comparison(
     datasets: dict[tuple[str, str], tuple[pd.DataFrame, str]],
     tags: dict[str, str],
 ) -> dict[tuple[str, str], str]:
-    """Log one run per row of ``table`` (compare-backbones' rows, in display order).
+    """Log one run per row of ``table``, which the UI lists in ``table``'s order.
 
     Args:
         experiment: the pipeline's experiment name (the comparison's is derived from it).
@@ -78,8 +87,6 @@ def log_comparison(
             [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline}'"
         )
     }
-    ensemble = table["model"] == vocab.ENSEMBLE
-    table = pd.concat([table[~ensemble], table[ensemble]], ignore_index=True)
     # newest first in the UI: create the last row first
     now = int(time.time() * 1000)
     ids = {}
@@ -138,3 +145,86 @@ def log_comparison(
         client.set_terminated(run_id, end_time=stamp + 1)
     log.info("comparison: %d runs in MLflow experiment %s", len(table), experiment_id)
     return ids
+
+
+def comparison_datasets(
+    table: pd.DataFrame, models: str | Path, evaluated: str | Path, train: TrainConfig
+) -> dict[tuple[str, str], tuple[pd.DataFrame, str]]:
+    """(group, model) -> (the out-of-fold table its row was scored on, that file's path):
+    each backbone's ``{models}/{group}/{backbone}/oof.csv``, and for the groups whose
+    ``table`` has an ensemble row, evaluate's ensemble table under ``evaluated``."""
+    datasets = {}
+    for b in train.backbones:
+        for g in train.groups:
+            source = f"{models}/{g}/{b}/oof.csv"
+            datasets[(g, b)] = (pd.read_csv(source), source)
+    for g in table.loc[table["model"] == vocab.ENSEMBLE, "group"]:
+        path = Path(evaluated) / vocab.ensemble_oof_csv(g)
+        datasets[(g, vocab.ENSEMBLE)] = (pd.read_csv(path), str(path))
+    return datasets
+
+
+def log_compare_backbones(
+    experiment: str,
+    params_path: str | Path,
+    data_paths: list[str],
+    table: pd.DataFrame,
+    choice: dict[str, dict],
+    reports: list[Path],
+    models: str | Path,
+    evaluated: str | Path,
+    train: TrainConfig,
+) -> None:
+    """Everything compare-backbones logs to MLflow.
+
+    Run ``compare-backbones`` under the pipeline's parent run holds ``reports`` as
+    artifacts and the pipeline's fold runs as table ``fold_runs.json``; the comparison
+    experiment gets one run per row of ``table`` (:func:`log_comparison`, rows in
+    ``evaluation.compare.display_order``, with the stage run's provenance tags); each
+    group's chosen model is registered from its training outputs
+    (``registry.register_choice``: an ensemble with all the backbones).
+
+    Args:
+        experiment: the pipeline's experiment name.
+        params_path: the params file (one of the keys of the pipeline's parent run).
+        data_paths: the data the stage's run names by DVC hash (provenance only).
+        table: compare-backbones' table (``evaluation.compare.comparison_table``).
+        choice: group -> {"model": ...}, the models to register
+            (``evaluation.compare.chosen_models``).
+        reports: files to log as the stage run's artifacts.
+        models: the training outputs, ``{group}/{backbone}/`` (out-of-fold tables and
+            the files a registered version holds).
+        evaluated: evaluate's output (the ensemble's out-of-fold tables).
+        train: the train-per-condition params (groups, backbones).
+    """
+    with child_run(experiment, params_path, data_paths, "compare-backbones", "compare") as active:
+        experiment_id = active.info.experiment_id
+        parent = mlflow.get_run(active.info.run_id).data.tags["mlflow.parentRunId"]
+        for path in reports:
+            mlflow.log_artifact(str(path))
+        run_ids = log_comparison(
+            experiment,
+            parent,
+            display_order(table),
+            comparison_datasets(table, models, evaluated, train),
+            {k: v for k, v in active.data.tags.items() if k.startswith(("dvc.", "git_"))},
+        )
+        for group, chosen in choice.items():
+            model = chosen["model"]
+            members = train.backbones if model == vocab.ENSEMBLE else [model]
+            register_choice(
+                experiment,
+                run_ids[(group, model)],
+                group,
+                model,
+                {b: Path(models) / group / b for b in members},
+            )
+        runs = mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' "
+            "and tags.`spinegrade.role` = 'train'",
+        )
+        if len(runs):
+            mlflow.log_table(
+                runs.drop(columns=["start_time", "end_time"], errors="ignore"), "fold_runs.json"
+            )

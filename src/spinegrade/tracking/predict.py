@@ -1,0 +1,49 @@
+"""predict's MLflow run: one run ``predict`` under the pipeline's parent run, tagged with the
+model grading each group, holding the report's numbers as metrics and its files as
+artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+
+from spinegrade.tracking.store import child_run, numeric
+
+if TYPE_CHECKING:
+    from spinegrade.core.config.predict import PredictConfig
+
+
+def log_predict(
+    experiment: str,
+    params_path: str | Path,
+    data_paths: list[str],
+    cfg: PredictConfig,
+    selection: dict[str, str],
+    report: dict,
+    artifacts: list[Path],
+) -> None:
+    """Log predict's run.
+
+    Args:
+        experiment: the pipeline's experiment name.
+        params_path: the params file (one of the keys of the pipeline's parent run).
+        data_paths: the inputs the run names by DVC hash (provenance only).
+        cfg: the predict params (``explain`` and ``on_error`` are logged as params).
+        selection: group -> the model grading it (tags ``backbone.{group}``).
+        report: predict's report; its numbers become metrics (``tracking.store.numeric``).
+        artifacts: files to log (the report, the submission, the review page...).
+    """
+    with child_run(
+        experiment,
+        params_path,
+        data_paths,
+        "predict",
+        "predict",
+        tags={f"backbone.{g}": b for g, b in selection.items()},
+    ):
+        mlflow.log_params({"explain": cfg.explain, "on_error": cfg.on_error})
+        mlflow.log_metrics(numeric(report))
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
