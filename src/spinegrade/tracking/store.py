@@ -249,7 +249,10 @@ def dvc_hashes(paths: list[str], root: str | Path | None = None) -> dict[str, st
     recorded: dict[str, str] = {}
     lock = root / "dvc.lock"
     if lock.is_file():
-        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        # libyaml's parser where PyYAML has it: dvc.lock lists every stage's modules, and
+        # the pure-Python one took half a second a read, in every stage process
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        for stage in (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {}).values():
             for out in stage.get("outs", []):
                 recorded[out["path"]] = out.get("md5", "")
     return {p: recorded.get(p) or "sha256:" + content_hash(root / p) for p in paths}
