@@ -7,6 +7,7 @@ exercises the same code the pipeline runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -57,14 +58,39 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _missing(needs: set[str]) -> str | None:
+    """One line saying how to get the first of ``needs`` (postgres, chromium) this machine
+    lacks, or None."""
+    if "postgres" in needs and (problem := postgres_problem()):
+        return problem
+    if "chromium" in needs and not chromium_path().is_file():
+        return f"{MISSING} (or set CHROMIUM to a chromium binary)"
+    return None
+
+
 def pytest_collection_finish(session):
     """Stop at once, in one line, when a selected test needs PostgreSQL or chromium and
-    the machine lacks it: never a skip, and never minutes of other tests first."""
+    the machine lacks it: never a skip, and never minutes of other tests first. (Under
+    pytest-xdist the controller checks before the workers start: pytest_sessionstart.)"""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     needs = {m for item in session.items for m in ("postgres", "chromium") if m in item.keywords}
-    if "postgres" in needs and (problem := postgres_problem()):
+    if problem := _missing(needs):
         pytest.exit(problem, returncode=4)
-    if "chromium" in needs and not chromium_path().is_file():
-        pytest.exit(f"{MISSING} (or set CHROMIUM to a chromium binary)", returncode=4)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """The xdist controller collects nothing itself: it checks what the -m expression may
+    select (everything, unless it says ``not postgres`` / ``not chromium``), before any
+    worker starts."""
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") or not config.getoption("numprocesses", None):
+        return
+    expr = config.getoption("markexpr") or ""
+    needs = {m for m in ("postgres", "chromium") if f"not {m}" not in expr}
+    if problem := _missing(needs):
+        pytest.exit(problem, returncode=4)
 
 
 @pytest.fixture(scope="session")
