@@ -21,7 +21,6 @@ Run: ``make bench`` (= ``python benchmarks/bench_convert.py``), or e.g.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import shutil
@@ -79,7 +78,7 @@ def parse_args() -> argparse.Namespace:
 def synthetic_config(studies: int) -> SyntheticConfig:
     params = ROOT / "params.yaml"
     cfg = load_params(params).synthesize if params.is_file() else SyntheticConfig()
-    return dataclasses.replace(cfg, n_train_studies=studies, n_test_studies=0)
+    return cfg.model_copy(update={"n_train_studies": studies, "n_test_studies": 0})
 
 
 def baseline(files: list[Path], out: Path) -> int:
