@@ -8,6 +8,7 @@ module: names, ids, dates and institutions in the headers are never read into ou
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class Stack:
     instance_numbers: np.ndarray
     slice_spacing: float
 
-    @property
+    @functools.cached_property
     def normal(self) -> np.ndarray:
         return slice_normal(self.orientation)
 
@@ -77,12 +78,12 @@ class Stack:
         return {
             "shape": list(self.pixels.shape),
             "dtype": str(self.pixels.dtype),
-            "orientation": [float(v) for v in self.orientation],
-            "pixel_spacing": [float(v) for v in self.spacing],
+            "orientation": self.orientation.tolist(),
+            "pixel_spacing": self.spacing.tolist(),
             "slice_spacing": float(self.slice_spacing),
-            "normal": [float(v) for v in self.normal],
-            "positions": [[float(v) for v in p] for p in self.positions],
-            "instance_numbers": [int(v) for v in self.instance_numbers],
+            "normal": self.normal.tolist(),
+            "positions": self.positions.tolist(),
+            "instance_numbers": self.instance_numbers.tolist(),
         }
 
 
