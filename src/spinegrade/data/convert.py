@@ -87,7 +87,10 @@ def convert_one(job: SeriesJob) -> dict:
         write_npy(dest / f"stack{k}.npy", st.pixels)
         geometry["stacks"].append({"file": f"stack{k}.npy", **st.geometry()})
         depth = st.positions @ st.normal
-        for i, inst in enumerate(st.instance_numbers):
+        row_spacing, col_spacing = st.spacing.tolist()
+        for i, (inst, (x, y, z), d) in enumerate(
+            zip(st.instance_numbers.tolist(), st.positions.tolist(), depth.tolist(), strict=True)
+        ):
             rows.append(
                 {
                     "study_id": job.study_id,
@@ -95,15 +98,15 @@ def convert_one(job: SeriesJob) -> dict:
                     "series_description": job.series_description,
                     "stack": k,
                     "slice": i,
-                    "instance_number": int(inst),
-                    "ipp_x": st.positions[i, 0],
-                    "ipp_y": st.positions[i, 1],
-                    "ipp_z": st.positions[i, 2],
-                    "depth": depth[i],
+                    "instance_number": inst,
+                    "ipp_x": x,
+                    "ipp_y": y,
+                    "ipp_z": z,
+                    "depth": d,
                     "rows": st.pixels.shape[1],
                     "cols": st.pixels.shape[2],
-                    "row_spacing": st.spacing[0],
-                    "col_spacing": st.spacing[1],
+                    "row_spacing": row_spacing,
+                    "col_spacing": col_spacing,
                 }
             )
     write_json(dest / "geometry.json", geometry)
