@@ -35,10 +35,11 @@ repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # pytest-xdist runs the tests in $(JOBS) processes: most of a test's time is Python and
-# process start-up, which the two cores share well. Tests run grouped by module (and the
-# tests of the shared tiny pipeline together: conftest.py), so no set-up is built twice.
+# process start-up, which the two cores share well. A module's tests run in one process
+# (--dist loadscope), so no module-scoped set-up is built twice; the session's tiny
+# pipeline (conftest.tiny_pipeline) is read by one module only, tests/test_pipeline.py.
 JOBS ?= 2
-PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(JOBS) --dist loadscope
 
 test: $(DEV) chromium
 	$(PYTEST) $(ARGS)

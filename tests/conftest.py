@@ -32,24 +32,14 @@ FIXTURE_MARKERS = {
 }
 
 
-# Tests that share a session fixture this costly run in one xdist worker, whatever module
-# they are in (each worker builds its own session fixtures).
-SHARED_SESSION_FIXTURES = ("tiny_pipeline",)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """Markers from the fixtures a test takes (FIXTURE_MARKERS), and each test's xdist
-    group: its module (module-scoped set-up is built once), or the costly session fixture
-    it shares. Tests marked ``gpu`` need CUDA: where none is visible they are skipped with
-    that reason (shown in the summary); they add to the CPU tests, which cover the same
-    paths."""
+    """Markers from the fixtures a test takes (FIXTURE_MARKERS). Tests marked ``gpu`` need
+    CUDA: where none is visible they are skipped with that reason (shown in the summary);
+    they add to the CPU tests, which cover the same paths."""
     for item in items:
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in item.fixturenames:
                 item.add_marker(marker)
-        shared = [f for f in SHARED_SESSION_FIXTURES if f in item.fixturenames]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on a GPU machine; make gpu-check)")

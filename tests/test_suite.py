@@ -30,7 +30,7 @@ def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "workers", [[], ["-n", "2", "--dist", "loadgroup"]], ids=["plain", "xdist"]
+    "workers", [[], ["-n", "2", "--dist", "loadscope"]], ids=["plain", "xdist"]
 )
 def test_without_postgresql_the_run_stops_at_once_naming_what_to_start(workers):
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
