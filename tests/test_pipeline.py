@@ -3,7 +3,8 @@
 Tiny synthetic data, one epoch, the default backbones at the configured crop size. Checks
 what a researcher relies on: every output, one parent MLflow run with a nested run per
 (group, backbone, fold) carrying params, per-epoch metrics, provenance, the confusion
-matrix and the model, and that a training param change re-runs only training onwards.
+matrix and the model, that a training param change re-runs only training onwards, and
+that editing any module re-runs exactly the stages whose import closure holds it.
 """
 
 from __future__ import annotations
