@@ -22,7 +22,8 @@ def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=REPO,
-        env={**os.environ, **env},
+        # not this run's PYTEST_XDIST_WORKER & co: the inner run is a run of its own
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, **env},
         capture_output=True,
         text=True,
         timeout=300,
