@@ -210,8 +210,8 @@ def make_runtime(cfg: EngineConfig, rank: int = 0, world: int = 1, local_rank: i
 
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux)."""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", errors="replace") as lines:
+        for line in lines:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()

@@ -62,7 +62,8 @@ class CropDataset(torch.utils.data.Dataset):
                 self.augment.set_random_seed(seed)
             img = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)))["image"]
             img = img.transpose(2, 0, 1)
-        x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)
+        # a copy: the crops are a read-only memory map, which torch will not wrap
+        x = torch.from_numpy(np.array(img, dtype=np.float32, order="C")).div_(255.0)
         if self.mean is None:
             return (x - x.mean()) / (x.std() + 1e-6), self.labels[i]
         return x.sub_(self.mean).div_(self.std), self.labels[i]
