@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.train_per_condition import TrainConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_path, write_csv, write_json
 from spinegrade.evaluation.compare import (
     chosen_models,
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             args.evaluated,
             cfg,
         )
+        chosen = ", ".join(f"{g} {c['model']}" for g, c in choice.items())
+        summary(f"chosen per group: {chosen} (registered @champion) -> {md}, {png}")
 
     return run(body)
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.convert_dicom import ConvertConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import write_json
 from spinegrade.data.convert import convert_all
 
@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         series = pd.read_csv(ingest_dir / "series.csv")
         report = convert_all(series, source["images_root"], args.out, cfg.workers, cfg.on_error)
         write_json(args.report, report)
+        summary(
+            f"{report['series_converted']} of {report['series']} series, {report['slices']} "
+            f"slices ({report['skipped_files']} files skipped) -> {args.out}, {args.report}"
+        )
 
     return run(body)
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.crop_rois import CropConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, write_csv, write_json, write_npy
 from spinegrade.data.crops import build_crops
 
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_npy(tmp / f"{name}.npy", g.crops)
                 write_csv(tmp / f"{name}.csv", g.index)
         write_json(args.report, report)
+        counts = ", ".join(f"{name} {g.crops.shape[0]}" for name, g in groups.items())
+        summary(f"crops: {counts} -> {args.out}, {args.report}")
 
     return run(body)
 

@@ -23,7 +23,7 @@ from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.train_per_condition import TrainConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.evaluation.evaluate import evaluate
 from spinegrade.evaluation.plots import reliability_figure
@@ -96,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_metrics(tracking.numeric(result.report))
             mlflow.log_artifact(args.report)
             mlflow.log_artifacts(args.calibration, "calibration")
+        scores = ", ".join(
+            f"{m} {result.report['backbones'][m]['rsna']['score']:.3f}" for m in models
+        )
+        prior = result.report["class_prior_baseline"]["score"]
+        summary(
+            f"out-of-fold rsna score (lower is better): {scores}; class prior {prior:.3f} "
+            f"-> {args.report}"
+        )
 
     return run(body)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.data import DataConfig
 from spinegrade.core.config.ingest import IngestConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.data.ingest import ingest
 
@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                 tmp / "source.json", {"source": params.data.source, "images_root": str(root)}
             )
         write_json(args.report, result.report)
+        studies, dropped = result.report["studies"], result.report["dropped_rows"]["total"]
+        summary(
+            f"{studies['train']} train and {studies['test']} test studies, "
+            f"{len(result.labels)} label rows ({dropped} dropped, "
+            f"{sum(result.report['quirks'].values())} quirks) -> {args.out}, {args.report}"
+        )
 
     return run(body)
 

@@ -28,7 +28,7 @@ from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.predict import PredictConfig
 from spinegrade.core.config.train_per_condition import TrainConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
@@ -108,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             scored.report,
             [Path(args.report), *(Path(args.out) / name for name in logged)],
         )
+        report = scored.report
+        line = f"{report['studies']} studies graded"
+        if known:
+            score = report["rsna_score"]["localized"]["score"]
+            error = report["localization"]["all"]["error_mm_median"]
+            line += f", rsna score {score:.3f}, median point error {error:.1f} mm"
+        line += f", {len(result.warnings)} warnings -> {args.out}"
+        summary(line + (f" (open {Path(args.out) / 'review.html'})" if cfg.review else ""))
 
     return run(body)
 

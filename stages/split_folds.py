@@ -11,7 +11,7 @@ import pandas as pd
 
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.split_folds import FoldsConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import write_csv, write_json
 from spinegrade.data.folds import fold_report, split_folds
 
@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         folds = split_folds(labels, cfg.n_folds, cfg.seed)
         write_csv(args.out, folds)
         write_json(args.report, fold_report(labels, folds))
+        summary(
+            f"{folds['study_id'].nunique()} studies in {cfg.n_folds} folds -> {args.out}, "
+            f"{args.report}"
+        )
 
     return run(body)
 

@@ -12,7 +12,7 @@ import sys
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.data import DataConfig
 from spinegrade.core.config.synthesize import SyntheticConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir
 from spinegrade.synthetic import generate_dataset
 
@@ -30,12 +30,17 @@ def main(argv: list[str] | None = None) -> int:
         params = load_sections(args.params, *SECTIONS)
         if params.data.source == "synthetic":
             generate_dataset(params.synthesize, args.out)
+            cfg = params.synthesize
+            summary(
+                f"{cfg.n_train_studies} train and {cfg.n_test_studies} test studies -> {args.out}"
+            )
             return
         with atomic_dir(args.out) as tmp:
             (tmp / "SOURCE.txt").write_text(
                 f"data.source is rsna: ingest reads the download at {params.data.root} in "
                 "place; nothing is generated here.\n"
             )
+        summary(f"data.source is rsna: nothing to generate (ingest reads {params.data.root})")
 
     return run(body)
 

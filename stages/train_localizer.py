@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.train_localizer import LocalizerConfig, localizer_engine
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
 from spinegrade.models.points import build_samples, point_spec
@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                 write_csv(tmp / "errors.csv", result.errors)
                 write_json(tmp / "metrics.json", result.metrics)
             mlflow.log_artifacts(args.out, "localizer")
+        m = result.metrics
+        summary(
+            f"{args.series}: median point error {m['point_error_mm_median']:.1f} mm (p90 "
+            f"{m['point_error_mm_p90']:.1f}), right slice {m['slice_exact']:.0%}, "
+            f"{m['epochs_run']} epochs -> {args.out}"
+        )
 
     return run(lambda: launch_stage(args.params, __file__, argv, train, SECTIONS, engine))
 

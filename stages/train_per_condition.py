@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.train_per_condition import TrainConfig
-from spinegrade.core.entry import run, setup_logging, stage_parser
+from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
 from spinegrade.tracking import store as tracking
@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             for fold, state in result.states.items():
                 with atomic_path(tmp / f"fold{fold}.safetensors") as path:
                     save_file(state, str(path))
+        oof = result.metrics["oof"]
+        summary(
+            f"{args.group}/{args.backbone}: folds {', '.join(map(str, sorted(result.states)))}, "
+            f"out-of-fold macro recall {oof['macro_recall']:.3f}, F1 {oof['macro_f1']:.3f} "
+            f"-> {args.out}"
+        )
 
     return run(lambda: launch_stage(args.params, __file__, argv, train, SECTIONS))
 

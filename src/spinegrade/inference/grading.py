@@ -122,7 +122,7 @@ def graders_from_directories(
         for m in members:
             m.model.to(rt.device)
         graders[group] = Grader(group, selection[group], members, rt)
-        log.info("%s: grading with %s (%d fold model(s))", group, selection[group], len(members))
+        log.debug("%s: grading with %s (%d fold model(s))", group, selection[group], len(members))
     return graders
 
 

@@ -176,7 +176,7 @@ def predict_studies(
 
     def warn(message: str) -> None:
         warnings.append(message)
-        log.warning("%s", message)
+        log.debug("%s", message)
 
     found: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"localized": [], "labels": []}
     pictures: list[StudyPictures] = []
@@ -216,7 +216,7 @@ def predict_studies(
         submission = fill_submission(graded, study_ids, bundle.prior_solution)
         n_prior = len(submission) - int(submission["row_id"].isin(graded["row_id"]).sum())
         if n_prior:
-            log.info("%s: %d of %d rows took the class prior", key, n_prior, len(submission))
+            log.debug("%s: %d of %d rows took the class prior", key, n_prior, len(submission))
         return PredictResult(submission, points.reset_index(drop=True), warnings)
 
     out = result("localized")

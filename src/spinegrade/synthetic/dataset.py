@@ -199,7 +199,7 @@ def generate_dataset(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
         results = parallel_map(generate_study, jobs, cfg.workers, "generate studies", "study")
         train, test = results[: cfg.n_train_studies], results[cfg.n_train_studies :]
         _write_tables(tmp, train, test)
-    log.info("wrote %d train and %d test studies to %s", len(train), len(test), out_dir)
+    log.debug("wrote %d train and %d test studies to %s", len(train), len(test), out_dir)
     return out_dir
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +33,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from spinegrade.core import vocab
 from spinegrade.evaluation.compare import display_order
+from spinegrade.tracking.datasets import pandas_dataset
 from spinegrade.tracking.registry import register_choice
 from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG, child_run, setup
 
@@ -134,16 +134,12 @@ def log_comparison(
             }
             params = [Param(k, str(v)) for k, v in values.items()]
             frame, source = datasets[key]
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a path
-                warnings.filterwarnings("ignore", "The specified dataset source")
-                data = mlflow.data.from_pandas(
-                    frame, source=source, name=f"{row.group} out of fold", targets="label"
-                )
+            data = pandas_dataset(frame, source, f"{row.group} out of fold", "label")
             context = InputTag(MLFLOW_DATASET_CONTEXT, "evaluation")
             client.log_inputs(run_id, [DatasetInput(data._to_mlflow_entity(), [context])])
         client.log_batch(run_id, metrics=metrics, params=params)
         client.set_terminated(run_id, end_time=stamp + 1)
-    log.info("comparison: %d runs in MLflow experiment %s", len(table), experiment_id)
+    log.debug("comparison: %d runs in MLflow experiment %s", len(table), experiment_id)
     return ids
 
 

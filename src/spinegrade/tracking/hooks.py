@@ -4,7 +4,6 @@ training run logs about the machine it ran on."""
 from __future__ import annotations
 
 import logging
-import warnings
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -16,6 +15,7 @@ from torch import nn
 
 from spinegrade.core.config.base import flatten
 from spinegrade.core.runtime import Runtime
+from spinegrade.tracking.datasets import pandas_dataset
 from spinegrade.tracking.plots import confusion_figure
 from spinegrade.tracking.store import TRAINED_IN_TAG, end_orphans
 from spinegrade.tracking.system import end_failed, log_runtime, start_system_metrics
@@ -80,10 +80,7 @@ class MlflowFoldHooks(FoldHooks):
         self.run_ids[fold] = run.info.run_id
         mlflow.log_params({**self.params, "fold": fold})
         for frame, source, name in self.inputs:
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a path
-                warnings.filterwarnings("ignore", "The specified dataset source")
-                data = mlflow.data.from_pandas(frame, source=source, name=name)
-            mlflow.log_input(data, context="training")
+            mlflow.log_input(pandas_dataset(frame, source, name), context="training")
         if self.runtime is not None:
             log_runtime(self.runtime)
 

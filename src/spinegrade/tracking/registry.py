@@ -71,7 +71,7 @@ def register_choice(
         name, source, run_id=run_id, tags={"group": group, "model": model}
     ).version
     client.set_registered_model_alias(name, ALIAS, version)
-    log.info("registered %s version %s (%s) as @%s", name, version, model, ALIAS)
+    log.debug("registered %s version %s (%s) as @%s", name, version, model, ALIAS)
     return str(version)
 
 

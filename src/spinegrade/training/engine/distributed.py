@@ -59,7 +59,7 @@ def relaunch(cfg: EngineConfig, script: str, argv: list[str]) -> int | None:
         script,
         *argv,
     ]
-    log.info("starting %d training processes: %s", cfg.nproc_per_node, " ".join(cmd[1:]))
+    log.debug("starting %d training processes: %s", cfg.nproc_per_node, " ".join(cmd[1:]))
     return subprocess.call(cmd)
 
 

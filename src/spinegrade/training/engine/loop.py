@@ -319,7 +319,7 @@ def _fit(model, train_set, val_set, task, recipe, settings, rt, on_epoch, choose
             offers.append((chosen.setdefault(key, Choice()), loss))
         _choose(epoch, model, outputs, offers)
         if best.epoch < epoch and epoch - best.epoch >= settings.patience:
-            log.info("%s: early stop at epoch %d (best %d)", settings.desc, epoch, best.epoch)
+            log.debug("%s: early stop at epoch %d (best %d)", settings.desc, epoch, best.epoch)
             break
     model.load_state_dict(best.state)
     summary = {
