@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.mlflow import MlflowConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_path, write_csv, write_json
 from spinegrade.evaluation.compare import (
@@ -38,7 +38,7 @@ from spinegrade.evaluation.compare import (
 from spinegrade.tracking.comparison import log_compare_backbones
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (TrainConfig, MlflowConfig)
+SECTIONS = (TrainPerConditionConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

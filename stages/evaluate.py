@@ -22,7 +22,7 @@ from spinegrade.core import vocab
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.mlflow import MlflowConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.evaluation.evaluate import evaluate
@@ -30,7 +30,7 @@ from spinegrade.evaluation.plots import reliability_figure
 from spinegrade.tracking import store as tracking
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (TrainConfig, EvaluateConfig, MlflowConfig)
+SECTIONS = (TrainPerConditionConfig, EvaluateConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.predict import PredictConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
@@ -39,7 +39,14 @@ from spinegrade.scoring.metrics import solution_from_wide
 from spinegrade.tracking.predict import log_predict
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (PredictConfig, EngineConfig, TrainConfig, CropConfig, EvaluateConfig, MlflowConfig)
+SECTIONS = (
+    PredictConfig,
+    EngineConfig,
+    TrainPerConditionConfig,
+    CropConfig,
+    EvaluateConfig,
+    MlflowConfig,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.mlflow import MlflowConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
@@ -36,7 +36,7 @@ from spinegrade.training.engine.distributed import launch_stage
 from spinegrade.training.graders.fit import FoldHooks, train_group_backbone
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (TrainConfig, EngineConfig, MlflowConfig)
+SECTIONS = (TrainPerConditionConfig, EngineConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 
 from spinegrade.core import vocab
 from spinegrade.core.config.crop_rois import CropConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.errors import DataError
 from spinegrade.core.runtime import Runtime, device
 from spinegrade.data.crops import crop_25d
@@ -86,7 +86,7 @@ def select_backbones(comparison: dict, groups: list[str]) -> dict[str, str]:
 def load_graders(
     models_dir: str | Path,
     selection: dict[str, str],
-    train: TrainConfig,
+    train: TrainPerConditionConfig,
     crop: CropConfig,
     dev: torch.device | None = None,
     precision: str = "fp32",
@@ -107,7 +107,7 @@ def load_graders(
 def graders_from_directories(
     directories: dict[str, dict[str, Path]],
     selection: dict[str, str],
-    train: TrainConfig,
+    train: TrainPerConditionConfig,
     crop: CropConfig,
     dev: torch.device | None = None,
     precision: str = "fp32",
@@ -126,7 +126,9 @@ def graders_from_directories(
     return graders
 
 
-def _members(directory: Path, backbone: str, train: TrainConfig, crop: CropConfig) -> list[Member]:
+def _members(
+    directory: Path, backbone: str, train: TrainPerConditionConfig, crop: CropConfig
+) -> list[Member]:
     files = sorted(directory.glob("fold*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no trained weights (fold*.safetensors) in {directory}")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from spinegrade.core import runtime, vocab
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.engine import EngineConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.inference.explain import explain_rows, write_explanations
 from spinegrade.inference.grading import (
     Grader,
@@ -81,7 +81,7 @@ class BundleParams(Protocol):
     stage's sections (``load_sections``) holding these three."""
 
     @property
-    def train_per_condition(self) -> TrainConfig: ...
+    def train_per_condition(self) -> TrainPerConditionConfig: ...
 
     @property
     def crop_rois(self) -> CropConfig: ...

@@ -28,7 +28,7 @@ from torch import nn
 
 from spinegrade.core import vocab
 from spinegrade.core.config.recipe import Recipe
-from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
+from spinegrade.core.config.train_per_condition import TrainingConfig, TrainPerConditionConfig
 from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.backbones import create_backbone, input_normalization, model_cost
 from spinegrade.models.inputs import CropDataset, crop_rows
@@ -254,7 +254,7 @@ def train_group_backbone(
     folds: pd.DataFrame,
     group: str,
     backbone: str,
-    cfg: TrainConfig,
+    cfg: TrainPerConditionConfig,
     hooks: FoldHooks | None = None,
     rt: Runtime | None = None,
 ) -> GroupResult:
