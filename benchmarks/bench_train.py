@@ -5,7 +5,7 @@ What is measured, per crop size (default: the demo's 48 px and 224 px) and backb
 * loader -- images/s of the engine's real input path alone: synthetic random uint8 crops
   (3 x S x S) memory-mapped from a temporary .npy (``np.load(mmap_mode="r")``, as the
   train-per-condition stage reads them), ``CropDataset`` with the graders' augmentation
-  (``build_augmentation``) and per-crop standardisation, ``SeededSampler`` and
+  (``build_augmentation``) and per-crop standardization, ``SeededSampler`` and
   ``make_loader`` (persistent workers, pinned memory on CUDA), with 0, 1 and 2 workers and
   the engine's default worker count on this device (``make_runtime(EngineConfig())``).
   A few warm-up batches (worker start-up) are not timed; then ``--loader-batches`` batches
@@ -243,7 +243,7 @@ def bench_loader(
 
 
 def first_batch(path: Path, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One augmented, standardised training batch (on the CPU)."""
+    """One augmented, standardized training batch (on the CPU)."""
     dataset = crop_dataset(path, seed)
     sampler = SeededSampler(len(dataset), seed)
     sampler.set_epoch(1)
@@ -416,7 +416,7 @@ def main() -> None:
     )
     print(
         "data: synthetic random uint8 crops (3 x S x S) memory-mapped from a temporary .npy; "
-        "CropDataset with augmentation, per-crop standardisation; SeededSampler + make_loader"
+        "CropDataset with augmentation, per-crop standardization; SeededSampler + make_loader"
     )
     print(f"wall clock: {total:.0f} s\n")
 

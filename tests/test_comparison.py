@@ -221,7 +221,7 @@ def test_a_trained_model_beats_the_class_prior_on_held_out_data():
         return Split(x, y)
 
     train, val, test = crops(192, 0), crops(64, 1), crops(128, 2)
-    # "model" normalisation keeps the brightness that encodes the grade ("crop" would not)
+    # "model" normalization keeps the brightness that encodes the grade ("crop" would not)
     cfg = TrainingConfig(epochs=3, batch_size=32, patience=3, augment=False, normalize="model")
     model, res = train_fold("resnet18", Recipe(lr=1e-3), cfg, train, val, seed=0)
     t = fit_temperature(res.oof, val.labels)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Member:
-    """One fold model of one backbone, with its temperature and input normalisation."""
+    """One fold model of one backbone, with its temperature and input normalization."""
 
     backbone: str
     model: nn.Module
@@ -57,7 +57,7 @@ class Grader:
             return np.zeros((0, 3))
         per_backbone: dict[str, list[np.ndarray]] = {}
         labels = np.zeros(len(crops), dtype=np.int64)
-        inputs: dict[tuple, CropDataset] = {}  # one per input normalisation, not per member
+        inputs: dict[tuple, CropDataset] = {}  # one per input normalization, not per member
         for m in self.members:
             if (m.mean, m.std) not in inputs:
                 inputs[m.mean, m.std] = CropDataset(crops, labels, m.mean, m.std)

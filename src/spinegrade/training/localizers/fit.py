@@ -75,7 +75,7 @@ class LocalizerDataset(torch.utils.data.Dataset):
 
 
 class LocalizerTask:
-    """The localisers' part of the training loop: heatmap cross-entropy plus (for per-level
+    """The localizers' part of the training loop: heatmap cross-entropy plus (for per-level
     sagittal points) the slice-offset loss; validation by loss and point error in mm."""
 
     def __init__(self, val: list[Sample], spec: PointSpec, stride: int, sigma: float) -> None:
