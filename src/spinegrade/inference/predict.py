@@ -9,6 +9,9 @@ and write the sample_submission format: 25 rows per study, study by study, condi
 and levels in vocab order, probabilities summing to 1. A row that cannot be graded (a
 series type missing or unreadable, a level no axial slice reaches) gets its column's
 class prior from the training labels, with a warning naming the study.
+
+``load_bundle`` gathers the models and the prior (from a finished ``dvc repro`` or the
+Model Registry); ``write_review`` writes the review page of a result.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ``train-localizer`` section: one heatmap model per series type."""
+"""The ``train-localizer`` section (one heatmap model per series type) and the engine params
+the localizers train with (``localizer_engine``)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 The network and its output codec live in ``models.heatmap``, the samples (slices as
 channels, the points and the geometry to map them back) in ``models.points``; this module
-holds the torch dataset with its targets, the training loop and the validation point errors.
+holds the torch dataset with its targets, the localizers' part of the engine's training loop
+(``LocalizerTask``) and the validation point errors.
 """
 
 from __future__ import annotations
