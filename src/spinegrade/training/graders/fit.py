@@ -62,7 +62,8 @@ def fold_plan(scored: Sequence[int], folds: Sequence[int]) -> list[dict[int, int
 
 
 def inner_fold(fold: int, folds: list[int]) -> int:
-    """The inner validation fold of outer fold ``fold``: the next one in ``folds``' cycle."""
+    """The inner validation fold of an unpaired outer fold ``fold``: the next one in
+    ``folds``' cycle (a paired fold's is its partner, see :func:`fold_plan`)."""
     ordered = sorted(folds)
     if len(ordered) < 3:
         raise ValueError(
