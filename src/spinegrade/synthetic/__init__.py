@@ -1,7 +1,7 @@
 """synthetic: the RSNA-format phantom generator.
 
 Only the synthesize stage, ``spinegrade synthesize``, tests, benchmarks and scripts import
-it; the library never does (an import-linter contract).
+it; the packages below ``spinegrade.cli`` never do (an import-linter contract).
 """
 
 from spinegrade.synthetic.dataset import generate_dataset
