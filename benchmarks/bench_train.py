@@ -5,7 +5,7 @@ What is measured, per crop size (default: the demo's 48 px and 224 px) and backb
 * loader -- images/s of the engine's real input path alone: synthetic random uint8 crops
   (3 x S x S) memory-mapped from a temporary .npy (``np.load(mmap_mode="r")``, as the
   train-per-condition stage reads them), ``CropDataset`` with the graders' augmentation
-  (``build_augmentation``) and per-crop standardisation, ``SeededSampler`` and
+  (``build_augmentation``) and per-crop standardization, ``SeededSampler`` and
   ``make_loader`` (persistent workers, pinned memory on CUDA), with 0, 1 and 2 workers and
   the engine's default worker count on this device (``make_runtime(EngineConfig())``).
   A few warm-up batches (worker start-up) are not timed; then ``--loader-batches`` batches
@@ -55,7 +55,7 @@ from bench_args import add_engine_args, checked, default_precisions
 
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.params import load_params
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.runtime import (
     Runtime,
@@ -162,16 +162,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def train_config() -> tuple[TrainConfig, int]:
+def train_config() -> tuple[TrainPerConditionConfig, int]:
     """train-per-condition params and the crop size of params.yaml (defaults without it)."""
     params = ROOT / "params.yaml"
     if params.is_file():
         loaded = load_params(params)
         return loaded.train_per_condition, loaded.crop_rois.size_px
-    return TrainConfig(), 48
+    return TrainPerConditionConfig(), 48
 
 
-def model_kwargs(cfg: TrainConfig, backbone: str, size: int, crop_size: int) -> dict:
+def model_kwargs(cfg: TrainPerConditionConfig, backbone: str, size: int, crop_size: int) -> dict:
     """The recipe's timm arguments; at 224 px a swin's window is its native 7 (the recipe's
     window fits crop-rois.size_px: 3 at 48 px)."""
     kwargs = dict(cfg.recipes[backbone].model_kwargs) if backbone in cfg.recipes else {}
@@ -243,7 +243,7 @@ def bench_loader(
 
 
 def first_batch(path: Path, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One augmented, standardised training batch (on the CPU)."""
+    """One augmented, standardized training batch (on the CPU)."""
     dataset = crop_dataset(path, seed)
     sampler = SeededSampler(len(dataset), seed)
     sampler.set_epoch(1)
@@ -257,7 +257,7 @@ def first_batch(path: Path, batch: int, seed: int) -> tuple[torch.Tensor, torch.
 def bench_step(
     backbone: str,
     kwargs: dict,
-    cfg: TrainConfig,
+    cfg: TrainPerConditionConfig,
     rt: Runtime,
     batch: tuple[torch.Tensor, torch.Tensor],
     steps: int,
@@ -416,7 +416,7 @@ def main() -> None:
     )
     print(
         "data: synthetic random uint8 crops (3 x S x S) memory-mapped from a temporary .npy; "
-        "CropDataset with augmentation, per-crop standardisation; SeededSampler + make_loader"
+        "CropDataset with augmentation, per-crop standardization; SeededSampler + make_loader"
     )
     print(f"wall clock: {total:.0f} s\n")
 

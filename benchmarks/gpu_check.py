@@ -39,7 +39,7 @@ from bench_args import add_engine_args, checked, default_precisions
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.params import load_params
 from spinegrade.core.config.recipe import Recipe
-from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
+from spinegrade.core.config.train_per_condition import TrainingConfig, TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
 from spinegrade.core.runtime import check, check_precision, describe, make_runtime, set_threads
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             params = load_params(args.params)
             cfg, crop_size = params.train_per_condition, params.crop_rois.size_px
         else:
-            cfg, crop_size = TrainConfig(), 48
+            cfg, crop_size = TrainPerConditionConfig(), 48
         backbones = args.backbones or list(cfg.backbones)
         crops, labels, source = load_crops(args, args.size or crop_size)
         size = crops.shape[-1]

@@ -7,9 +7,9 @@ at the crops' size and channel count, multiply-add = 2 FLOPs), parameters, recal
 GFLOP, and a verdict against the group's best model (best / worse / not distinguishable,
 by the paired bootstrap). Writes CSV and Markdown tables, a pairwise CSV, a DVC metric
 (which predict reads to choose each group's model), the choice per group (--choice, a
-cached DVC output, so a fresh clone runs this stage too), and a recall-vs-GFLOPs plot, and logs
-them all as artifacts of MLflow run "compare-backbones", next to the pipeline's fold runs
-listed with mlflow.search_runs. In MLflow too: one run per table row in experiment
+cached DVC output, so a fresh clone runs this stage too) and a recall-vs-GFLOPs plot. MLflow
+run "compare-backbones" holds the tables and the plot as artifacts, and the pipeline's fold
+runs as table fold_runs.json. In MLflow too: one run per table row in experiment
 "{experiment}-comparison" (the view `make ui` opens), and each group's best model registered
 as "{experiment}-{group}" with alias "champion" (tracking.registry).
 """
@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.mlflow import MlflowConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_path, write_csv, write_json
 from spinegrade.evaluation.compare import (
@@ -38,7 +38,7 @@ from spinegrade.evaluation.compare import (
 from spinegrade.tracking.comparison import log_compare_backbones
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (TrainConfig, MlflowConfig)
+SECTIONS = (TrainPerConditionConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

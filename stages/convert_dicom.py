@@ -1,7 +1,9 @@
 """DVC stage convert-dicom: every needed series -> position-sorted volumes plus geometry.
 
 Reads ingest's series.csv and source.json; writes one .npy per stack and a geometry.json
-per series under --out, and slices.csv mapping each instance to its stack and slice.
+per series under --out, slices.csv mapping each instance to its stack and slice, and
+skipped.csv (what convert-dicom.on_error: skip left out); counts of series, stacks, slices
+and skips go to --report.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """DVC stage crop-rois: 2.5D crops around each labelled point, per condition group.
 
 Writes {group}.npy ((N, k, size_px, size_px) uint8) and {group}.csv (row i describes crop i)
-under --out for the groups spinal, foraminal and subarticular.
+under --out for the groups spinal, foraminal and subarticular, and the crop counts per group
+(with the rows dropped for want of a converted slice) to --report.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """DVC stage evaluate: out-of-fold predictions -> metrics, the official score, intervals.
 
-Reads only the training stage's oof.csv files (plus labels and folds). Writes --report
-(per group and model, the backbones and their ensemble: accuracy, macro and per-class
+Reads only the training stage's oof.csv files (plus labels and folds). Writes --report:
+under ``models``, per model (each backbone, and their ensemble) its rsna score and four
+terms, raw and calibrated, with intervals, and per group accuracy, macro and per-class
 recall/precision/F1, confusion matrix, expected calibration error before and after
-temperature scaling, bootstrap intervals; per model: rsna score and its four terms, raw
-and calibrated, with intervals; per group, each pair of models' paired differences; the
-class-prior baseline), confusion tables and reliability diagrams for DVC plots, and each
-model's 25-row-per-study OOF submission under --out.
+temperature scaling and bootstrap intervals; under ``paired``, per group, each pair of
+models' paired differences; and the class-prior baseline. Also writes confusion tables and
+reliability diagrams for DVC plots, and each model's 25-row-per-study OOF submission under
+--out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from spinegrade.core import vocab
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.mlflow import MlflowConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, write_csv, write_json
 from spinegrade.evaluation.evaluate import evaluate
@@ -30,7 +31,7 @@ from spinegrade.evaluation.plots import reliability_figure
 from spinegrade.tracking import store as tracking
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (TrainConfig, EvaluateConfig, MlflowConfig)
+SECTIONS = (TrainPerConditionConfig, EvaluateConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
             params.evaluate,
         )
         with atomic_dir(args.out) as tmp:
-            for backbone, sub in result.submissions.items():
-                write_csv(tmp / f"oof_submission_{backbone}.csv", sub)
+            for model, sub in result.submissions.items():
+                write_csv(tmp / f"oof_submission_{model}.csv", sub)
             for group, table in result.ensembles.items():
                 write_csv(tmp / vocab.ensemble_oof_csv(group), table)
         with atomic_dir(args.plots) as tmp:
-            for (group, backbone), table in result.confusions.items():
-                write_csv(tmp / f"{group}-{backbone}.csv", table)
-        models = list(result.report["backbones"])
+            for (group, model), table in result.confusions.items():
+                write_csv(tmp / f"{group}-{model}.csv", table)
+        models = list(result.report["models"])
         with atomic_dir(args.calibration) as tmp:
             for group in cfg.groups:
                 fig = reliability_figure(
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                     {m: result.reliability[(group, m)] for m in models},
                     {
                         m: (
-                            result.report["backbones"][m]["groups"][group]["ece_raw"],
-                            result.report["backbones"][m]["groups"][group]["ece"],
+                            result.report["models"][m]["groups"][group]["ece_raw"],
+                            result.report["models"][m]["groups"][group]["ece"],
                         )
                         for m in models
                     },
@@ -96,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_metrics(tracking.numeric(result.report))
             mlflow.log_artifact(args.report)
             mlflow.log_artifacts(args.calibration, "calibration")
-        scores = ", ".join(
-            f"{m} {result.report['backbones'][m]['rsna']['score']:.3f}" for m in models
-        )
+        scores = ", ".join(f"{m} {result.report['models'][m]['rsna']['score']:.3f}" for m in models)
         prior = result.report["class_prior_baseline"]["score"]
         summary(
             f"out-of-fold rsna score (lower is better): {scores}; class prior {prior:.3f} "

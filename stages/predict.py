@@ -1,16 +1,16 @@
 """DVC stage predict: grade the held-out test studies end to end, and score the result.
 
-Reads the test studies (test_images + test_series_descriptions.csv, found through
-ingest's source.json) with no coordinates: localizes each level, crops, grades with the
-backbones compare-backbones chose, and writes --out/submission.csv. When the answers are
-known (the synthetic dataset writes them beside the images), it scores the submission with
-the official metric next to two references: the same graders cropping at the labelled
-coordinates (what localization costs) and the class prior (what learning gains), and
-measures the localizers' point error in mm. Each score gets a study-level bootstrap
-interval (the evaluate params' resamples, seed and level). All of it goes to --report (a
-DVC metric) and to an MLflow run "predict" under the pipeline's parent run. With
-predict.review, --out/review.html is the review page of every test study (the MLflow run
-holds it too, and the MLflow UI shows it inline).
+Reads the test studies (test_images + test_series_descriptions.csv, found through ingest's
+source.json) with no coordinates: localizes each level, crops, grades with the model
+compare-backbones chose per group (a backbone or the ensemble), and writes
+--out/submission.csv. When the answers are known (the synthetic dataset writes them beside
+the images), it scores the submission with the official metric next to two references: the
+same graders cropping at the labelled coordinates (what localization costs) and the class
+prior (what learning gains), and measures the localizers' point error in mm. Each score gets
+a study-level bootstrap interval (the evaluate params' resamples, seed and level). All of it
+goes to --report (a DVC metric) and to an MLflow run "predict" under the pipeline's parent
+run. With predict.review, --out/review.html is the review page of every test study (the
+MLflow run holds it too, and the MLflow UI shows it inline).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.predict import PredictConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
@@ -39,7 +39,14 @@ from spinegrade.scoring.metrics import solution_from_wide
 from spinegrade.tracking.predict import log_predict
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (PredictConfig, EngineConfig, TrainConfig, CropConfig, EvaluateConfig, MlflowConfig)
+SECTIONS = (
+    PredictConfig,
+    EngineConfig,
+    TrainPerConditionConfig,
+    CropConfig,
+    EvaluateConfig,
+    MlflowConfig,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

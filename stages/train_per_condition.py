@@ -1,13 +1,17 @@
 """DVC stage train-per-condition: train one backbone on one condition group.
 
-One job of the dvc.yaml matrix (group x backbone). For each configured (outer) fold k:
-train on the folds other than k and its inner validation fold (the next fold), choose the
-epoch and fit a temperature on the inner fold, then predict fold k once (out-of-fold
-probabilities, raw and calibrated), and log the fold as MLflow run
-{group}-{backbone}-fold{k} under the pipeline's parent run. Writes to --out: oof.csv (fold
-k's crops), inner.csv (the inner fold's crops, which made the choices), history.csv,
-metrics.json (per fold: best epoch, temperature, losses, recall...) and
-fold{k}.safetensors (best weights; safetensors, unlike torch.save, writes the same bytes
+One job of the dvc.yaml matrix (group x backbone). The scored (outer) folds of
+train-per-condition.training.folds are paired in the order given: a pair (a, b) is one
+training run on the folds other than a and b, for every epoch (no early stopping); a's epoch
+and temperature are chosen on b's studies and b's on a's, so each is the other's inner
+validation fold. A last fold without a partner gets a run of its own, with the next fold of
+folds.csv (cyclically) as its inner fold, held out too, and early stopping on it. Each
+scored fold k's predictions are read once, at its chosen epoch (out-of-fold probabilities,
+raw and calibrated), and the fold is logged as MLflow run {group}-{backbone}-fold{k} under
+the pipeline's parent run (a pair's second fold replays the shared run's epochs). Writes to
+--out: oof.csv (the scored folds' crops), inner.csv (each inner fold's crops, which made the
+choices), history.csv, metrics.json (per fold: best epoch, temperature, losses, recall...)
+and fold{k}.safetensors (best weights; safetensors, unlike torch.save, writes the same bytes
 for the same weights).
 
 Device, precision and processes come from the engine params: with engine.nproc_per_node
@@ -26,7 +30,7 @@ from safetensors.torch import save_file
 
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.mlflow import MlflowConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.entry import run, setup_logging, stage_parser, summary
 from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import Runtime
@@ -36,7 +40,7 @@ from spinegrade.training.engine.distributed import launch_stage
 from spinegrade.training.graders.fit import FoldHooks, train_group_backbone
 
 # The params sections this stage reads (dvc.yaml declares the same).
-SECTIONS = (TrainConfig, EngineConfig, MlflowConfig)
+SECTIONS = (TrainPerConditionConfig, EngineConfig, MlflowConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,7 +221,7 @@ def test_a_trained_model_beats_the_class_prior_on_held_out_data():
         return Split(x, y)
 
     train, val, test = crops(192, 0), crops(64, 1), crops(128, 2)
-    # "model" normalisation keeps the brightness that encodes the grade ("crop" would not)
+    # "model" normalization keeps the brightness that encodes the grade ("crop" would not)
     cfg = TrainingConfig(epochs=3, batch_size=32, patience=3, augment=False, normalize="model")
     model, res = train_fold("resnet18", Recipe(lr=1e-3), cfg, train, val, seed=0)
     t = fit_temperature(res.oof, val.labels)
@@ -270,7 +270,7 @@ def test_evaluate_and_predict_score_the_same_probabilities_alike():
         sub = fill_submission(graded, scored, training)
         expected = rsna_score(solution[solution["study_id"].isin(scored)], sub)
         got = evaluate(labels, folds, oof_half, list(vocab.GROUPS), [b], settings).report
-        assert got["backbones"][b]["rsna"] == pytest.approx(expected, rel=1e-12)
+        assert got["models"][b]["rsna"] == pytest.approx(expected, rel=1e-12)
     # the baseline is the training studies' prior too, never the scored studies' own
     prior_only = fill_submission(
         pd.DataFrame(columns=list(vocab.SUBMISSION_HEADER)), scored, training
@@ -285,8 +285,8 @@ def test_evaluate_reports_intervals_calibration_the_ensemble_and_pairs():
         labels, folds, oof, list(vocab.GROUPS), backbones, EvaluateConfig(bootstrap_resamples=300)
     )
     report = ev.report
-    assert list(report["backbones"]) == ["a", "b", vocab.ENSEMBLE]
-    for entry in report["backbones"].values():
+    assert list(report["models"]) == ["a", "b", vocab.ENSEMBLE]
+    for entry in report["models"].values():
         assert entry["rsna_ci"]["score"]["low"] <= entry["rsna"]["score"]
         assert entry["rsna"]["score"] <= entry["rsna_ci"]["score"]["high"]
         for m in entry["groups"].values():
@@ -322,7 +322,7 @@ def test_comparison_table_marks_what_it_cannot_rank():
     # the choice (predict's, the registry's) is each group's best row; the DVC metric
     # holds every row under "{group}.{model}"
     assert chosen_models(table) == {
-        g: {"model": "b", "rsna_group_term": ev["backbones"]["b"]["rsna"][g]} for g in vocab.GROUPS
+        g: {"model": "b", "rsna_group_term": ev["models"]["b"]["rsna"][g]} for g in vocab.GROUPS
     }
     metrics = comparison_metrics(table)
     assert set(metrics) == {f"{g}.{m}" for g in vocab.GROUPS for m in models}

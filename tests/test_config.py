@@ -19,7 +19,7 @@ from spinegrade.core.config.predict import PredictConfig
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.split_folds import FoldsConfig
 from spinegrade.core.config.train_localizer import LocalizerConfig
-from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
+from spinegrade.core.config.train_per_condition import TrainingConfig, TrainPerConditionConfig
 from spinegrade.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,11 +215,11 @@ def test_recipe_of_an_unknown_backbone_raises():
     with pytest.raises(ConfigError, match=r"train-per-condition\.recipes: .*'densenet121'"):
         train.recipe("densenet121")
     with pytest.raises(ConfigError, match="no recipe for backbone 'resnet50'"):
-        TrainConfig().recipe("resnet50")  # no silent defaults in code either
+        TrainPerConditionConfig().recipe("resnet50")  # no silent defaults in code either
 
 
 def test_models_take_attribute_names_as_keyword_arguments():
-    train = TrainConfig(
+    train = TrainPerConditionConfig(
         backbones=("resnet18",),
         training=TrainingConfig(folds=[0, 2], epochs=1),
         recipes={"resnet18": Recipe(lr=1e-3)},

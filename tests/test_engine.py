@@ -25,7 +25,7 @@ from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.params import load_params
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_localizer import localizer_engine
-from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
+from spinegrade.core.config.train_per_condition import TrainingConfig, TrainPerConditionConfig
 from spinegrade.core.errors import ConfigError, TrainingError
 from spinegrade.core.runtime import Runtime, make_runtime
 from spinegrade.tracking import store as tracking
@@ -370,7 +370,9 @@ def test_a_crashed_fold_leaves_its_run_failed_with_the_error(store, monkeypatch)
     for col in ("condition", "level", "side"):
         index[col] = ""
     folds = pd.DataFrame({"study_id": np.arange(8), "fold": np.arange(8) % 3})
-    cfg = TrainConfig(training=TrainingConfig(folds=(0,)), recipes={"resnet18": Recipe()})
+    cfg = TrainPerConditionConfig(
+        training=TrainingConfig(folds=(0,)), recipes={"resnet18": Recipe()}
+    )
     hooks = MlflowFoldHooks(experiment, parent, "spinal", "resnet18", {}, {}, False, (2, 3, 32, 32))
     with pytest.raises(RuntimeError, match="disk full"):
         train_group_backbone(crops, index, folds, "spinal", "resnet18", cfg, hooks)

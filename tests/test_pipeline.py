@@ -112,8 +112,8 @@ def test_localizers_and_predict_outputs(pipeline):
 def test_evaluate_reports_the_official_score_and_metrics(pipeline):
     report = json.loads((pipeline / "reports" / "evaluate.json").read_text())
     p = _params(pipeline)["train-per-condition"]
-    assert set(report["backbones"]) == {*p["backbones"], vocab.ENSEMBLE}
-    for entry in report["backbones"].values():
+    assert set(report["models"]) == {*p["backbones"], vocab.ENSEMBLE}
+    for entry in report["models"].values():
         assert set(entry["rsna"]) == {"score", "spinal", "foraminal", "subarticular", "any_severe"}
         assert entry["rsna"]["score"] == pytest.approx(
             sum(entry["rsna"][t] for t in ("spinal", "foraminal", "subarticular", "any_severe")) / 4

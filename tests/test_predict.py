@@ -28,7 +28,7 @@ from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.localizer_input import LocalizerInput
 from spinegrade.core.config.recipe import Recipe
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
@@ -314,7 +314,7 @@ def test_grader_calibrates_each_fold_model_and_averages_backbones():
 
 def test_load_graders_reads_temperatures_and_builds_the_ensemble(tmp_path, tiny_ingest):
     _write_models(tmp_path, tiny_ingest)
-    train = TrainConfig(backbones=(BACKBONE,), recipes={BACKBONE: Recipe()})
+    train = TrainPerConditionConfig(backbones=(BACKBONE,), recipes={BACKBONE: Recipe()})
     graders = load_graders(tmp_path / "models", {"spinal": vocab.ENSEMBLE}, train, CROP)
     assert graders["spinal"].backbone == vocab.ENSEMBLE
     assert [(m.backbone, m.temperature) for m in graders["spinal"].members] == [(BACKBONE, 1.5)]

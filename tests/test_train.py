@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spinegrade.core.config.recipe import Recipe
-from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
+from spinegrade.core.config.train_per_condition import TrainingConfig, TrainPerConditionConfig
 from spinegrade.core.vocab import SEVERITY_COLUMNS
 from spinegrade.scoring.calibration import apply_temperature
 from spinegrade.scoring.metrics import rsna_score
@@ -145,7 +145,7 @@ def _train_spinal(
         }
     )
     folds = pd.DataFrame({"study_id": np.arange(n_studies), "fold": np.arange(n_studies) % n_folds})
-    cfg = TrainConfig(
+    cfg = TrainPerConditionConfig(
         training=TrainingConfig(folds=trained, epochs=epochs, batch_size=16),
         recipes={"resnet18": Recipe()},
     )

@@ -1,4 +1,5 @@
-"""The dataset's vocabulary: conditions, levels, severities, series types, groups, row ids.
+"""The dataset's vocabulary: conditions, levels, severities, series types, groups, row ids,
+the competition files' headers and the ensemble's model name.
 
 Every per-condition loop in the project is generated from the tuples here, and every
 spelling that appears in the RSNA files is defined here once (see docs: docs/rsna-data.md).

@@ -1,2 +1,4 @@
-"""data: ingest, CSV tables, DICOM reading and geometry, conversion, crops, folds, and the
-inputs models read (crop tensors, localizer samples)."""
+"""data: ingest, CSV tables, DICOM reading and geometry, conversion, crops and folds.
+
+What the models read of it (crop tensors, localizer samples) is in ``spinegrade.models``.
+"""

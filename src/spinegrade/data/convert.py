@@ -7,6 +7,8 @@ Output layout under ``out_dir``::
                                             instance numbers, slice spacing
     slices.csv                              one row per slice: where each instance went
     skipped.csv                             files/series skipped with on_error=skip
+
+``load_stack`` reads one converted stack back, as ``dicom.read_series`` returns it.
 """
 
 from __future__ import annotations

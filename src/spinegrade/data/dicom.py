@@ -1,7 +1,7 @@
 """DICOM series -> position-sorted stacks with their geometry (no identifiers kept).
 
-A series is read file by file; slices are grouped into stacks by (rounded) orientation and
-image shape, and each stack is sorted by position along its normal
+A series is read file by file; slices are grouped into stacks by (rounded) orientation,
+image shape and pixel spacing, and each stack is sorted by position along its normal
 (``dot(IPP, cross(R, C))``), never by instance number. Only pixels and geometry leave this
 module: names, ids, dates and institutions in the headers are never read into outputs.
 """

@@ -3,7 +3,8 @@
 A slice is described by ImagePositionPatient (IPP, the centre of the first pixel),
 ImageOrientationPatient (IOP: row direction R = IOP[0:3], column direction C = IOP[3:6])
 and PixelSpacing = [row_spacing, col_spacing]. Pixel (x=col, y=row) lies at
-``P = IPP + x * col_spacing * R + y * row_spacing * C``.
+``P = IPP + x * col_spacing * R + y * row_spacing * C``. Also the letters radiologists put
+on a slice's edges (``orientation_labels``).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def comparison_table(evaluation: dict, model_metrics: dict[tuple[str, str], dict
     (``_raw``: before); ``rsna_score`` is the model's full score, repeated on its rows.
     ``_low``/``_high`` bound the bootstrap interval.
     """
-    models = evaluation["backbones"]
+    models = evaluation["models"]
     backbones = [m for m in models if m != vocab.ENSEMBLE]
     rows = []
     for model, entry in models.items():

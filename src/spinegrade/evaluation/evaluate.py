@@ -129,7 +129,7 @@ def evaluate(
             "unit": "study",
         },
         "class_prior_baseline": rsna_score(scored, baseline_sub),
-        "backbones": {},
+        "models": {},
     }
     models = {b: {g: oof[(g, b)] for g in groups} for b in backbones}
     if settings.ensemble and len(backbones) > 1:
@@ -189,7 +189,7 @@ def evaluate(
                 "raw": reliability_table(p_raw, y, settings.calibration_bins),
                 "calibrated": reliability_table(p, y, settings.calibration_bins),
             }
-        report["backbones"][name] = entry
+        report["models"][name] = entry
 
     report["paired"] = {
         group: {

@@ -1,1 +1,2 @@
-"""inference: reading, localizing, grading and explaining unseen studies (`spinegrade predict`)."""
+"""inference: reading, localizing, grading and explaining unseen studies, and the review
+page of the result (`spinegrade predict`, the predict stage)."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from spinegrade.core import vocab
 from spinegrade.core.config.crop_rois import CropConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.errors import DataError
 from spinegrade.core.runtime import Runtime, device
 from spinegrade.data.crops import crop_25d
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Member:
-    """One fold model of one backbone, with its temperature and input normalisation."""
+    """One fold model of one backbone, with its temperature and input normalization."""
 
     backbone: str
     model: nn.Module
@@ -57,7 +57,7 @@ class Grader:
             return np.zeros((0, 3))
         per_backbone: dict[str, list[np.ndarray]] = {}
         labels = np.zeros(len(crops), dtype=np.int64)
-        inputs: dict[tuple, CropDataset] = {}  # one per input normalisation, not per member
+        inputs: dict[tuple, CropDataset] = {}  # one per input normalization, not per member
         for m in self.members:
             if (m.mean, m.std) not in inputs:
                 inputs[m.mean, m.std] = CropDataset(crops, labels, m.mean, m.std)
@@ -86,7 +86,7 @@ def select_backbones(comparison: dict, groups: list[str]) -> dict[str, str]:
 def load_graders(
     models_dir: str | Path,
     selection: dict[str, str],
-    train: TrainConfig,
+    train: TrainPerConditionConfig,
     crop: CropConfig,
     dev: torch.device | None = None,
     precision: str = "fp32",
@@ -107,7 +107,7 @@ def load_graders(
 def graders_from_directories(
     directories: dict[str, dict[str, Path]],
     selection: dict[str, str],
-    train: TrainConfig,
+    train: TrainPerConditionConfig,
     crop: CropConfig,
     dev: torch.device | None = None,
     precision: str = "fp32",
@@ -126,7 +126,9 @@ def graders_from_directories(
     return graders
 
 
-def _members(directory: Path, backbone: str, train: TrainConfig, crop: CropConfig) -> list[Member]:
+def _members(
+    directory: Path, backbone: str, train: TrainPerConditionConfig, crop: CropConfig
+) -> list[Member]:
     files = sorted(directory.glob("fold*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no trained weights (fold*.safetensors) in {directory}")

@@ -9,6 +9,9 @@ and write the sample_submission format: 25 rows per study, study by study, condi
 and levels in vocab order, probabilities summing to 1. A row that cannot be graded (a
 series type missing or unreadable, a level no axial slice reaches) gets its column's
 class prior from the training labels, with a warning naming the study.
+
+``load_bundle`` gathers the models and the prior (from a finished ``dvc repro`` or the
+Model Registry); ``write_review`` writes the review page of a result.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tqdm import tqdm
 from spinegrade.core import runtime, vocab
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.engine import EngineConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.inference.explain import explain_rows, write_explanations
 from spinegrade.inference.grading import (
     Grader,
@@ -81,7 +84,7 @@ class BundleParams(Protocol):
     stage's sections (``load_sections``) holding these three."""
 
     @property
-    def train_per_condition(self) -> TrainConfig: ...
+    def train_per_condition(self) -> TrainPerConditionConfig: ...
 
     @property
     def crop_rois(self) -> CropConfig: ...

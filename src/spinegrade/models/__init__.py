@@ -1,1 +1,2 @@
-"""models: the backbone factory with FLOPs and parameters, and the heatmap network."""
+"""models: the backbone factory with FLOPs and parameters, the heatmap network, and what the
+models read: crop tensors (inputs) and localizer samples (points)."""

@@ -1,4 +1,5 @@
-"""The one backbone factory (timm's registry) and the model's cost in FLOPs and parameters.
+"""The one backbone factory (timm's registry), the model's input normalization, its cost in
+FLOPs and parameters, and its probabilities over a crop dataset (``predict_proba``).
 
 A backbone is a timm model name plus keyword arguments from params; slices go in as
 channels (``in_chans``) and the head predicts the three severities. No branch here knows

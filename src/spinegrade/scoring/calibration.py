@@ -2,7 +2,7 @@
 
 A grader's softmax output ``p`` is recalibrated as ``softmax(log p / T)``: one scalar T per
 model, fitted on predictions of studies the model did not train on (the inner validation
-split), by minimising the official metric's group term (log loss weighted 1/2/4). T > 1
+split), by minimizing the official metric's group term (log loss weighted 1/2/4). T > 1
 softens over-confident predictions, T < 1 sharpens timid ones; the argmax, and so recall
 and F1, never change. T = 1 is always among the candidates, so the fitted T never raises
 the loss on the data it was fitted on.
@@ -38,7 +38,7 @@ def metric_weights(labels: np.ndarray) -> np.ndarray:
 
 
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
-    """The T minimising the metric's weighted log loss of ``softmax(log p / T)``.
+    """The T minimizing the metric's weighted log loss of ``softmax(log p / T)``.
 
     Args:
         proba: (N, 3) probabilities of N labelled crops the model did not train on.

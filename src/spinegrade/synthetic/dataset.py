@@ -13,7 +13,8 @@ Per study (all from ``np.random.default_rng([seed, index])``):
    - neural foraminal narrowing: the fat around the exiting root (bright on T1) shrinks;
    - subarticular stenosis: the CSF lobe of the lateral recess (bright on T2) shrinks;
 
-3. series planned as before (``series``), each with its own scanner (``imaging``): contrast
+3. the study's series (``series``: two sagittal stacks, one or two axial blocks; a series
+   type is sometimes missing), each with its own scanner (``imaging``): contrast
    per sequence, point spread, coil bias, Rician noise, some motion artifacts.
 
 Every slice is rendered on its own pixel grid through its DICOM geometry, so sagittal and

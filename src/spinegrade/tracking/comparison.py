@@ -38,7 +38,7 @@ from spinegrade.tracking.registry import register_choice
 from spinegrade.tracking.store import PIPELINE_TAG, ROLE_TAG, child_run, setup
 
 if TYPE_CHECKING:
-    from spinegrade.core.config.train_per_condition import TrainConfig
+    from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def log_comparison(
 
 
 def comparison_datasets(
-    table: pd.DataFrame, models: str | Path, evaluated: str | Path, train: TrainConfig
+    table: pd.DataFrame, models: str | Path, evaluated: str | Path, train: TrainPerConditionConfig
 ) -> dict[tuple[str, str], tuple[pd.DataFrame, str]]:
     """(group, model) -> (the out-of-fold table its row was scored on, that file's path):
     each backbone's ``{models}/{group}/{backbone}/oof.csv``, and for the groups whose
@@ -169,7 +169,7 @@ def log_compare_backbones(
     reports: list[Path],
     models: str | Path,
     evaluated: str | Path,
-    train: TrainConfig,
+    train: TrainPerConditionConfig,
 ) -> None:
     """Everything compare-backbones logs to MLflow.
 

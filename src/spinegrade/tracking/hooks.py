@@ -1,5 +1,6 @@
-"""MLflow logging of training: one nested run per (group, backbone, fold), and what every
-training run logs about the machine it ran on."""
+"""MLflow logging of the graders' training: one run per (group, backbone, fold) nested under
+the pipeline's parent run (``MlflowFoldHooks``), with the trained model as an artifact
+(``log_torch_model``)."""
 
 from __future__ import annotations
 

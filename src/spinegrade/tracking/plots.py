@@ -1,4 +1,4 @@
-"""Figures logged to MLflow."""
+"""The confusion-matrix figure each training fold's MLflow run logs."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Runs on different machines are told apart by their ``engine.*`` tags (device, GPU name and
 count, CUDA and cuDNN versions, precision, processes, threads) and compared on MLflow's
-system metrics (CPU and RAM through psutil; GPU utilisation and memory through
+system metrics (CPU and RAM through psutil; GPU utilization and memory through
 nvidia-ml-py where an NVIDIA GPU is visible).
 """
 
@@ -14,7 +14,7 @@ from spinegrade.core.runtime import Runtime, describe
 
 
 def start_system_metrics(interval_s: float) -> None:
-    """Have MLflow sample CPU, RAM and (with nvidia-ml-py, on NVIDIA GPUs) GPU utilisation
+    """Have MLflow sample CPU, RAM and (with nvidia-ml-py, on NVIDIA GPUs) GPU utilization
     and memory every ``interval_s`` seconds for runs started with log_system_metrics."""
     mlflow.set_system_metrics_sampling_interval(interval_s)
     mlflow.set_system_metrics_samples_before_logging(1)

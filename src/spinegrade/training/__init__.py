@@ -1,5 +1,7 @@
-"""training: the engine (augmentation, schedules) and the two model families it trains.
+"""training: the engine (the loop, data loading, augmentation, schedules, several GPUs) and
+the two model families it trains, the graders and the localizers.
 
-``graders/`` and ``localizers/`` are separate packages so that DVC, which depends on whole
-packages, retrains only the family whose code changed; both import ``engine/``.
+``graders/`` and ``localizers/`` both import ``engine/`` and never each other (an
+import-linter contract), so a change to one family's code re-runs only its own training
+stage.
 """

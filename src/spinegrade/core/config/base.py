@@ -16,7 +16,7 @@ the defaults. Validation is strict: no string is read as a number, no number as 
 A top-level key that names no section is refused by every loader.
 
 Built in Python, the models take their attribute names as keyword arguments
-(``TrainConfig(training=TrainingConfig(epochs=1))``); invalid values raise pydantic's
+(``TrainPerConditionConfig(training=TrainingConfig(epochs=1))``); invalid values raise pydantic's
 ``ValidationError`` (a ``ValueError``) there, and the loaders turn every such error into a
 one-line :class:`ConfigError`.
 """

@@ -13,7 +13,7 @@ from spinegrade.core.errors import ConfigError
 
 
 class LocalizerInput(Section):
-    """One series type's localiser input and training length.
+    """One series type's localizer input and training length.
 
     Attributes:
         slices: slices fed as channels (odd), ``step_mm`` apart along the slice normal,

@@ -22,7 +22,7 @@ from spinegrade.core.config.predict import PredictConfig
 from spinegrade.core.config.split_folds import FoldsConfig
 from spinegrade.core.config.synthesize import SyntheticConfig
 from spinegrade.core.config.train_localizer import LocalizerConfig
-from spinegrade.core.config.train_per_condition import TrainConfig
+from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 
 
 class Params(Section):
@@ -34,8 +34,8 @@ class Params(Section):
     convert_dicom: ConvertConfig = Field(default_factory=ConvertConfig, alias="convert-dicom")
     crop_rois: CropConfig = Field(default_factory=CropConfig, alias="crop-rois")
     split_folds: FoldsConfig = Field(default_factory=FoldsConfig, alias="split-folds")
-    train_per_condition: TrainConfig = Field(
-        default_factory=TrainConfig, alias="train-per-condition"
+    train_per_condition: TrainPerConditionConfig = Field(
+        default_factory=TrainPerConditionConfig, alias="train-per-condition"
     )
     train_localizer: LocalizerConfig = Field(
         default_factory=LocalizerConfig, alias="train-localizer"

@@ -1,4 +1,5 @@
-"""The ``train-localizer`` section: one heatmap model per series type."""
+"""The ``train-localizer`` section (one heatmap model per series type) and the engine params
+the localizers train with (``localizer_engine``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class LocalizerConfig(Section):
         inputs: per series type, the slices fed as channels, input size and epochs.
         patience: stop after this many epochs without a lower validation loss.
         val_fold: fold held out to measure point error (the model trains on the others).
-        precision: the localisers' own engine.precision (unset: engine.precision). fp32
+        precision: the localizers' own engine.precision (unset: engine.precision). fp32
             by default: MobileNetV2's depthwise convolutions run slower under CPU bf16
             autocast (57 s against 44 s for the sagittal T2 localizer, measured).
     """

@@ -44,7 +44,7 @@ class TrainingConfig(Section):
         return self
 
 
-class TrainConfig(Section):
+class TrainPerConditionConfig(Section):
     """train-per-condition: the matrix (groups x backbones), shared settings, recipes.
 
     Attributes:

@@ -1,1 +1,2 @@
-"""The training engine both model families share: augmentation and learning-rate schedules."""
+"""The training engine both model families share: the training loop, seeded data loading,
+augmentation, learning-rate schedules and several GPUs through torchrun."""

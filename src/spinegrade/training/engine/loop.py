@@ -1,4 +1,4 @@
-"""The one training loop: graders and localisers plug their dataset, loss and validation
+"""The one training loop: graders and localizers plug their dataset, loss and validation
 metrics into it as a :class:`Task`; everything else is here, once.
 
 Per epoch (numbered from 1): train over a shuffled shard of the training set (mixed

@@ -28,7 +28,7 @@ from torch import nn
 
 from spinegrade.core import vocab
 from spinegrade.core.config.recipe import Recipe
-from spinegrade.core.config.train_per_condition import TrainConfig, TrainingConfig
+from spinegrade.core.config.train_per_condition import TrainingConfig, TrainPerConditionConfig
 from spinegrade.core.runtime import Runtime, device, seed_everything
 from spinegrade.models.backbones import create_backbone, input_normalization, model_cost
 from spinegrade.models.inputs import CropDataset, crop_rows
@@ -62,7 +62,8 @@ def fold_plan(scored: Sequence[int], folds: Sequence[int]) -> list[dict[int, int
 
 
 def inner_fold(fold: int, folds: list[int]) -> int:
-    """The inner validation fold of outer fold ``fold``: the next one in ``folds``' cycle."""
+    """The inner validation fold of an unpaired outer fold ``fold``: the next one in
+    ``folds``' cycle (a paired fold's is its partner, see :func:`fold_plan`)."""
     ordered = sorted(folds)
     if len(ordered) < 3:
         raise ValueError(
@@ -254,7 +255,7 @@ def train_group_backbone(
     folds: pd.DataFrame,
     group: str,
     backbone: str,
-    cfg: TrainConfig,
+    cfg: TrainPerConditionConfig,
     hooks: FoldHooks | None = None,
     rt: Runtime | None = None,
 ) -> GroupResult:

@@ -2,7 +2,8 @@
 
 The network and its output codec live in ``models.heatmap``, the samples (slices as
 channels, the points and the geometry to map them back) in ``models.points``; this module
-holds the torch dataset with its targets, the training loop and the validation point errors.
+holds the torch dataset with its targets, the localizers' part of the engine's training loop
+(``LocalizerTask``) and the validation point errors.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class LocalizerDataset(torch.utils.data.Dataset):
 
 
 class LocalizerTask:
-    """The localisers' part of the training loop: heatmap cross-entropy plus (for per-level
+    """The localizers' part of the training loop: heatmap cross-entropy plus (for per-level
     sagittal points) the slice-offset loss; validation by loss and point error in mm."""
 
     def __init__(self, val: list[Sample], spec: PointSpec, stride: int, sigma: float) -> None:
