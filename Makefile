@@ -1,17 +1,24 @@
 # Two commands do everything on a fresh machine:
 #   make repro   virtualenv + pinned dependencies, then `dvc repro` (the whole pipeline)
 #   make test    the same + the test tools (requirements-dev.txt), then the whole test suite
-#   make test-quick  the edit loop: unit-level tests of every package, no server, browser,
-#                PostgreSQL or dvc (the markers in pyproject.toml say what a test needs)
+# `make` alone lists every target with its `## ` line (make help); add one to each new target.
+.DEFAULT_GOAL := help
+
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
+.PHONY: help venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
 
-venv: $(STAMP)
+# The `## text` after each target is its line in `make help`.
+help: ## list the targets with one line each (the default goal)
+	@echo "usage: make <target> [ARGS=...]   (ARGS: extra arguments of the command)"
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_.-]+:[^=]*## / {printf "  %-14s %s\n", $$1, $$2}' \
+	  $(firstword $(MAKEFILE_LIST))
+
+venv: $(STAMP) ## .venv/ with the pinned runtime (requirements.txt) and this package, editable
 
 # --no-compile: pip would byte-compile all ~20,000 modules (45 s to 105 s); Python compiles
 # the few thousand that are imported, once, on first import, and caches them. That cache is
@@ -31,7 +38,7 @@ $(DEV): $(STAMP) requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-compile -r requirements-dev.txt
 	touch $(DEV)
 
-repro: $(STAMP)
+repro: $(STAMP) ## .venv/, then the whole pipeline: dvc repro (synthetic data by default)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # pytest-xdist runs the tests in $(JOBS) processes: most of a test's time is Python and
@@ -41,17 +48,18 @@ repro: $(STAMP)
 JOBS ?= 2
 PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(JOBS) --dist loadscope
 
-test: $(DEV) chromium
+test: $(DEV) chromium ## the whole test suite, as CI runs it (needs PostgreSQL and chromium)
 	$(PYTEST) $(ARGS)
 
+# The markers (pyproject.toml) say what a test needs beyond the package.
 QUICK := not slow and not dvc and not server and not chromium and not postgres and not gpu
-test-quick: $(DEV)
+test-quick: $(DEV) ## the edit loop: unit-level tests, no server, browser, PostgreSQL or dvc
 	$(PYTEST) -m "$(QUICK)" $(ARGS)
 
 # The browser tests drive Debian's chromium (Playwright cannot download its own browsers
 # here): installed with apt-get when running as root, else a message saying what to install.
 CHROMIUM ?= /usr/bin/chromium
-chromium:
+chromium: ## the browser for the browser tests: apt-get as root, else say what to install
 	@if [ -x "$(CHROMIUM)" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing chromium (apt-get) for the browser tests"; \
@@ -62,45 +70,40 @@ chromium:
 	       "(Debian/Ubuntu), or set CHROMIUM=/path/to/chromium" >&2; exit 1; \
 	fi
 
-lint: $(DEV)
+lint: $(DEV) ## ruff and the layer contract (import-linter)
 	$(BIN)/ruff check src stages tests benchmarks
 	$(BIN)/lint-imports
 
-bench: $(STAMP)
+bench: $(STAMP) ## convert-dicom against per-file dcmread + PNG, slices/s
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_convert.py
 
-# The data stages at the real dataset's size, 1,975 studies (about 23 GB of scratch space;
-# ARGS="--studies 200" for a shorter run, ARGS="--help" for options).
-bench-scale: $(STAMP)
+# ARGS="--studies 200" for a shorter run, ARGS="--help" for options.
+bench-scale: $(STAMP) ## the data stages at the real dataset's size (1,975 studies, ~23 GB scratch)
 	$(BIN)/python benchmarks/bench_scale.py $(ARGS)
 
-# Data loader vs training step, images/s, per backbone and precision (ARGS="--help").
-bench-train: $(STAMP)
+bench-train: $(STAMP) ## data loader against training step, images/s per backbone and precision
 	$(BIN)/python benchmarks/bench_train.py $(ARGS)
 
-# One fold, one epoch per backbone and precision on the GPU; exit 1 on a non-finite loss
-# (ARGS="--device cpu" runs it on the CPU, ARGS="--help" for options).
-gpu-check: $(STAMP)
+# Exit 1 on a non-finite loss (ARGS="--device cpu" runs it on the CPU, ARGS="--help").
+gpu-check: $(STAMP) ## one-minute GPU smoke run: one fold, one epoch per backbone and precision
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
-# The GPU preset for the real dataset as one DVC experiment (presets/gpu-rsna.yaml; more
-# `dvc exp run` arguments in ARGS, e.g. ARGS="-S engine.nproc_per_node=4").
-exp-gpu: $(STAMP)
+# More `dvc exp run` arguments in ARGS, e.g. ARGS="-S engine.nproc_per_node=4".
+exp-gpu: $(STAMP) ## the GPU preset (presets/gpu-rsna.yaml) as one DVC experiment
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m spinegrade.cli.preset presets/gpu-rsna.yaml -- $(ARGS)
 
-# The MLflow UI on the workspace's store; prints the link to the runs table (Ctrl-C stops it).
-ui: $(STAMP)
+# Ctrl-C stops it and all its worker processes.
+ui: $(STAMP) ## the MLflow UI on the workspace's store; prints the comparison's link
 	$(BIN)/python -m spinegrade.cli.ui
 
-# A team tracking server (SQLite + local artifacts by default; PostgreSQL/S3 via ARGS or env,
-# see README "Team set-up"): make mlflow-server ARGS="--backend-store-uri postgresql://..."
-mlflow-server: $(STAMP)
+# SQLite + local artifacts by default; PostgreSQL/S3 via ARGS or MLflow's own MLFLOW_*
+# variables: make mlflow-server ARGS="--backend-store-uri postgresql://..."
+mlflow-server: $(STAMP) ## a team MLflow tracking server (docs/team.md; options: ARGS=--help)
 	$(BIN)/python -m spinegrade.cli.server $(ARGS)
 
-# What CI runs (.github/workflows/retrain.yml): pull data and run-cache from the default DVC
-# remote, dvc repro, push outputs and run-cache, print a summary (ARGS="--help" for options).
-retrain: $(STAMP)
+# .github/workflows/retrain.yml runs this: data and run-cache from the default DVC remote.
+retrain: $(STAMP) ## what CI runs: dvc pull, dvc repro, dvc push, a summary (ARGS=--help)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m spinegrade.cli.retrain $(ARGS)
 
-clean-venv:
+clean-venv: ## remove .venv/
 	rm -rf $(VENV)
