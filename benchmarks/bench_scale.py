@@ -40,7 +40,7 @@ Run (small, about a minute on 2 cores):
 ``python benchmarks/bench_scale.py --studies 6``; the full size (the default):
 ``python benchmarks/bench_scale.py --out /big/disk/bench_scale``. At full size on 2 AMD
 EPYC cores it took 10.9 min, wrote 24.8 GB (115,380 DICOM files and their volumes) and
-peaked at 0.64 GB of memory (README: What the real dataset will cost you). A smaller run
+peaked at 0.64 GB of memory (docs/benchmarks.md: What the real dataset will cost you). A smaller run
 prints a linear extrapolation under the table (and says that it is one): likely high on
 time, as each stage's start-up is scaled too.
 

@@ -1,4 +1,4 @@
-"""Screenshot of the comparison in the MLflow UI, for the README (docs/mlflow-comparison.png).
+"""Screenshot of the comparison in the MLflow UI, for docs/mlflow.md (docs/mlflow-comparison.png).
 
 Starts the UI on this workspace's store exactly as ``make ui`` does (``spinegrade.cli.ui``,
 its own process group, stopped at the end), opens the first link it prints (the comparison

@@ -1,4 +1,4 @@
-"""Screenshots of a review page (spinegrade.inference.page), for the README.
+"""Screenshots of a review page (spinegrade.inference.page), for docs/predict.md and the README.
 
 Opens the page from disk in Debian's chromium (headless, offline, driven by Playwright) at
 1400x900 and writes two PNGs into ``--out``: ``review-overview.png`` (the overview, in its
