@@ -26,17 +26,23 @@ venv: $(STAMP) ## .venv/ with the pinned runtime (requirements.txt) and this pac
 # every stage recompiles torch, timm and mlflow from source, about 20 s a process.
 unexport PYTHONDONTWRITEBYTECODE
 
+# pip -qq prints errors only: its warnings (a machine's pip.conf naming index folders that
+# do not exist printed 250 lines here) would bury the pipeline's own output.
+PIP := $(BIN)/python -m pip install -qq
+
 $(STAMP): requirements.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $(STAMP)
+	@echo "installing requirements.txt and spinegrade into $(VENV)/"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PIP) --upgrade pip
+	@$(PIP) --no-compile -r requirements.txt
+	@$(PIP) --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
 
 # Tests and linters on top (requirements-dev.txt); make repro does not need them.
 $(DEV): $(STAMP) requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements-dev.txt
-	touch $(DEV)
+	@echo "installing the test tools (requirements-dev.txt) into $(VENV)/"
+	@$(PIP) --no-compile -r requirements-dev.txt
+	@touch $(DEV)
 
 repro: $(STAMP) ## .venv/, then the whole pipeline: dvc repro (synthetic data by default)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
