@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     save_file(state, str(path))
         oof = result.metrics["oof"]
         summary(
-            f"{args.group}/{args.backbone}: folds {', '.join(map(str, sorted(result.states)))}, "
+            f"{args.group}/{args.backbone}, folds {', '.join(map(str, sorted(result.states)))}: "
             f"out-of-fold macro recall {oof['macro_recall']:.3f}, F1 {oof['macro_f1']:.3f} "
             f"-> {args.out}"
         )

@@ -85,9 +85,12 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return out
 
 
-def run_dvc(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    """The venv's dvc in ``cwd``, with the venv on PATH and no MLFLOW_TRACKING_URI."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def run_dvc(
+    cwd: Path, *args: str, timeout: int = 1500, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The venv's dvc in ``cwd``, with the venv on PATH and no MLFLOW_TRACKING_URI (plus
+    ``env``)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     return subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), *args],
@@ -144,11 +147,34 @@ def shrink_pipeline(params: dict) -> None:
         inp.update(image_px=64, epochs=1)
 
 
+def repro_console(work: Path) -> dict[str, str]:
+    """What `dvc repro` printed while building the tiny pipeline in ``work``: DVC's own
+    lines go to stdout, the stages' logging and progress bars to stderr."""
+    return {
+        stream: (work.parent / f"{work.name}-repro.{stream}").read_text()
+        for stream in ("stdout", "stderr")
+    }
+
+
+def project_warnings_as_errors() -> str:
+    """A PYTHONWARNINGS value that makes a warning raised from any of the project's modules
+    or a stage script (``__main__``) an error. (Python matches a module name exactly here,
+    so each module is named.)"""
+    modules = ["__main__"] + [
+        ".".join(p.relative_to(REPO / "src").with_suffix("").parts).removesuffix(".__init__")
+        for p in sorted((REPO / "src" / "spinegrade").rglob("*.py"))
+    ]
+    return ",".join(f"error:::{m}" for m in modules)
+
+
 def build_tiny_pipeline(dest: Path) -> Path:
     """A DVC workspace in ``dest`` on which `dvc repro` has run every stage (its MLflow
-    store under mlruns/)."""
+    store under mlruns/), with the project's own warnings turned into errors. What it
+    printed: :func:`repro_console`."""
     work = dvc_workspace(dest, shrink_pipeline)
-    proc = run_dvc(work, "repro")
+    proc = run_dvc(work, "repro", env={"PYTHONWARNINGS": project_warnings_as_errors()})
+    for stream in ("stdout", "stderr"):
+        (dest.parent / f"{dest.name}-repro.{stream}").write_text(getattr(proc, stream))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work
 

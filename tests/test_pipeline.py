@@ -12,12 +12,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO, copy_workspace, run_dvc
+from helpers import REPO, copy_workspace, repro_console, run_dvc
 from mlflow.tracking import MlflowClient
 
 from spinegrade.core import vocab
@@ -338,3 +339,30 @@ def test_editing_a_module_reruns_exactly_the_stages_whose_closure_holds_it(tiny_
         assert _stale(work) == set()
     finally:
         os.chdir(cwd)
+
+
+def test_repro_console_shows_progress_and_one_summary_line_per_stage(pipeline):
+    """A quiet console: under `dvc repro`, a stage prints its progress bars and one summary
+    line (what it made, where it went), nothing else; no Python warning (the project's own
+    are errors in this run, the libraries' go to the debug log) and no library log line."""
+    console = repro_console(pipeline)
+    ran = re.findall(r"^Running stage '([^']+)':$", console["stdout"], flags=re.M)
+    assert len(ran) == len(yaml.safe_load((pipeline / "dvc.lock").read_text())["stages"]) == 20
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", console["stderr"]) if ln.strip()]
+    bars = [ln for ln in lines if re.search(r"\d+%\|", ln)]
+    others = [ln for ln in lines if ln not in bars]
+    assert not [ln for ln in others if re.search(r"Warning\b|warnings\.warn", ln)], others
+    summaries = [ln for ln in others if " -> " in ln]
+    assert others == summaries, [ln for ln in others if ln not in summaries]
+    assert len(summaries) == len(ran)
+    for name in ("localizer", "generate studies", "predict"):
+        assert any(bar.startswith(name) for bar in bars), name
+    by_stage = {
+        "ingest": r"^9 train and 2 test studies, \d+ label rows",
+        "evaluate": r"^out-of-fold rsna score \(lower is better\): resnet50 \d\.\d{3}, ",
+        "train-per-condition": r"^spinal/resnet50, folds 0, 1: out-of-fold macro recall 0\.\d{3}",
+        "compare-backbones": r"^chosen per group: (\w+ \w+, ){2}\w+ \w+ \(registered @champion\)",
+        "predict": r"^2 studies graded, rsna score \d+\.\d{3}, median point error",
+    }
+    for stage, pattern in by_stage.items():
+        assert [s for s in summaries if re.match(pattern, s)], (stage, summaries)
