@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import configparser
 import contextlib
+import http.server
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -42,7 +44,6 @@ import pytest
 import yaml
 from helpers import PG_ADMIN, free_port, group_members
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image
 
 from spinegrade.cli import server
@@ -321,12 +322,11 @@ def trained(servers, train_ws) -> Path:
 
 
 @pytest.fixture
-def no_tracking_env(monkeypatch):
-    """No MLflow settings in the environment, and undo what mlflow.set_tracking_uri (called
-    by tracking.setup) sets."""
+def no_tracking_env(monkeypatch, no_tracking_uri):
+    """No MLflow settings in the environment, nor a URI set by mlflow.set_tracking_uri
+    (called by tracking.setup)."""
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         monkeypatch.delenv(key)
-    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
 
 
 # --- units -----------------------------------------------------------------------------------
@@ -464,12 +464,50 @@ def test_hung_server_times_out_in_seconds():
         uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
         start = time.monotonic()
         with pytest.raises(tracking.TrackingServerError) as err:
-            tracking.check_server(uri, timeout=(1.0, 1.5))
+            tracking.check_server(uri, timeout=1)
         assert time.monotonic() - start < 4
         assert str(err.value) == (
             f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: "
-            "Read timed out. (read timeout=1.5)"
+            "Read timed out. (read timeout=1)"
         )
+
+
+def test_refusals_and_strangers_are_told_apart(no_tracking_env, monkeypatch):
+    """What MLflow's client raises for a 401 and for a server that is no MLflow server."""
+    answers = {"status": 401, "body": b"You are not authenticated."}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(answers["status"])
+            self.end_headers()
+            self.wfile.write(answers["body"])
+
+        do_POST = do_GET  # noqa: N815 (the client searches with a POST)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{httpd.server_port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-hers")
+        with pytest.raises(tracking.TrackingServerError) as err:
+            tracking.check_server(uri, timeout=2)
+        assert str(err.value) == (
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) refused the credentials of "
+            "user 'alice' with HTTP 401: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to an account on it"
+        )
+        answers.update(status=404, body=b"<html>Not Found</html>")
+        with pytest.raises(tracking.TrackingServerError) as err:
+            tracking.check_server(uri, timeout=2)
+        assert str(err.value).startswith(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered with an error: "
+            "is it an MLflow server? ("
+        )
+        assert "404" in str(err.value) and "Not Found" in str(err.value)
+        httpd.shutdown()
 
 
 @pytest.mark.slow
