@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from browser import MISSING, chromium_path
 from helpers import build_tiny_pipeline, postgres_problem, tiny_synthetic
 
-from spinegrade.cli.browser import MISSING, chromium_path
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.data.convert import convert_all
 from spinegrade.data.crops import build_crops

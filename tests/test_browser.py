@@ -19,9 +19,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from browser import CHROMIUM_ARGS, MISSING, chromium_path
 from helpers import free_port, wait_for_output
 
-from spinegrade.cli.browser import CHROMIUM_ARGS, MISSING, chromium_path
 from spinegrade.cli.ui import RUNS_LINK
 from spinegrade.core import vocab
 from spinegrade.evaluation.compare import COLUMNS, display_order
