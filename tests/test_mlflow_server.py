@@ -358,21 +358,34 @@ def test_allowed_hosts_accept_the_printed_url():
 
 def test_options_come_from_the_environment_and_a_dot_env_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    keys = ("SPINEGRADE_BACKEND_STORE_URI", "SPINEGRADE_SERVER_PORT")
+    keys = ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_PORT")  # MLflow's own variables
     for key in keys:  # so that teardown removes what the .env file sets
         monkeypatch.setenv(key, "placeholder")
         monkeypatch.delenv(key)
     closed = f"postgresql://team:dotenv-secret@127.0.0.1:{free_port()}/mlflow"
     (tmp_path / ".env").write_text(
-        f"SPINEGRADE_BACKEND_STORE_URI={closed}\nSPINEGRADE_SERVER_PORT={free_port()}\n"
+        f"MLFLOW_BACKEND_STORE_URI={closed}\nMLFLOW_PORT={free_port()}\n"
     )
     assert server.main([]) == 1
     err = capsys.readouterr().err
     assert f"cannot open backend store {tracking.redact(closed)}: " in err
     assert "dotenv-secret" not in err
-    monkeypatch.setenv("SPINEGRADE_BACKEND_STORE_URI", "file:///tmp/x")  # the environment wins
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", "file:///tmp/x")  # the environment wins
     assert server.main(["--env-file", str(tmp_path / ".env")]) == 1
     assert "backend store file:///tmp/x is not a database URI" in capsys.readouterr().err
+
+
+def test_env_file_goes_to_mlflow_and_a_missing_one_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cmd = server.server_command(
+        "sqlite:////x/db", "file:///a", "127.0.0.1", 5, 1, env_file=Path(".env")
+    )
+    assert cmd[1:4] == ["--env-file", ".env", "server"]  # `mlflow --env-file F server ...`
+    assert "--env-file" not in server.server_command("sqlite:////x/db", "file:///a", "::1", 5, 1)
+    assert server.main(["--env-file", "team.env"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: environment file 'team.env' does not exist\n"
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_redact_masks_only_the_password():
