@@ -18,7 +18,7 @@ What is measured, on the page file PAGE (e.g. data/predict/review.html):
   absent; without --enable-precise-memory-info chromium rounds it, to 10 MB steps here)
   and, exact, DevTools' ``Runtime.getHeapUsage`` after a forced garbage collection.
 
-Each repeat is a fresh chromium (``spinegrade.cli.browser.offline_page``: headless,
+Each repeat is a fresh chromium (``offline_page`` of scripts/browser.py: headless,
 offline, every non-file request refused) and reports the median over ``--repeats``.
 Exits 1 if the page logs an error, refuses a request, a study shows no rows or an image
 fails to decode.
@@ -34,10 +34,13 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from spinegrade.cli.browser import offline_page
+# scripts/browser.py: development tooling (not in the package) shared with the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from browser import offline_page  # noqa: E402
 
 BLOCK = re.compile(
     rb'<script type="application/json" id="(review-index|study-\d+)">(.*?)</script>', re.S

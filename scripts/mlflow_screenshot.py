@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from spinegrade.cli.browser import CHROMIUM_ARGS, chromium_path
+from browser import CHROMIUM_ARGS, chromium_path  # scripts/browser.py
+
 from spinegrade.cli.process_group import free_port
 from spinegrade.cli.ui import RUNS_LINK
 

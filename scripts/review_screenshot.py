@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spinegrade.cli.browser import offline_page
+from browser import offline_page  # scripts/browser.py
 
 IMAGES_LOADED = "[...document.images].every(i => i.complete)"
 

@@ -1,4 +1,4 @@
-"""The pictures in docs/synthetic-data.md of the synthetic data: one study's three series, and crops by grade.
+"""The pictures of the synthetic data in docs/synthetic-data.md: one study, crops by grade.
 
 1. ``--out`` (docs/synthetic-study.png): one study, rendered through the generator's own
    code path (``generate_study``) into a temporary directory and read back from its DICOM

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from browser import MISSING, chromium_path
 from helpers import build_tiny_pipeline, postgres_problem, tiny_synthetic
 
-from spinegrade.cli.browser import MISSING, chromium_path
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.data.convert import convert_all
 from spinegrade.data.crops import build_crops
@@ -114,3 +114,17 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     """The whole pipeline run once per session by `dvc repro` on tiny data (one epoch, the
     configured backbones): read it, or change a copy (helpers.copy_workspace)."""
     return build_tiny_pipeline(tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture
+def no_tracking_uri(monkeypatch):
+    """No MLFLOW_TRACKING_URI, and none set through mlflow.set_tracking_uri (tracking.setup
+    calls it; it keeps the URI in MLflow's module *and* exports it): forgotten before the
+    test and again after it."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")  # so teardown restores the original
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(None)
+    yield
+    mlflow.set_tracking_uri(None)

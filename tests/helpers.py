@@ -4,7 +4,6 @@ fixtures and hooks)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -14,11 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pydicom
 import yaml
 
-from spinegrade.cli.process_group import free_port  # noqa: F401  (tests import it from here)
+# tests import these from here
+from spinegrade.cli.process_group import free_port, group_members  # noqa: F401
 from spinegrade.core.config.synthesize import SyntheticConfig
 
 # The PostgreSQL server the postgres-marked tests create their databases on (trust auth).
@@ -73,16 +72,6 @@ def tiny_synthetic(**overrides) -> SyntheticConfig:
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    out = []
-    for p in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
 
 
 def run_dvc(

@@ -19,10 +19,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from browser import CHROMIUM_ARGS, MISSING, chromium_path
 from helpers import free_port, wait_for_output
-from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
-from spinegrade.cli.browser import CHROMIUM_ARGS, MISSING, chromium_path
 from spinegrade.cli.ui import RUNS_LINK
 from spinegrade.core import vocab
 from spinegrade.evaluation.compare import COLUMNS, display_order
@@ -48,11 +47,8 @@ pytestmark = [pytest.mark.chromium, pytest.mark.server]
 
 
 @pytest.fixture
-def comparison_store(tmp_path, monkeypatch) -> Path:
+def comparison_store(tmp_path, monkeypatch, no_tracking_uri) -> Path:
     """A workspace whose store holds the comparison runs of one pipeline run."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "params.yaml").write_text("mlflow:\n  experiment: browser-test\n")

@@ -11,7 +11,7 @@ checks retrain.yml the same way):
   tests/test_mlflow_server.py connects to (a postgres service with trust auth, reached by its
   service name through SPINEGRADE_TEST_PG, which every PostgreSQL URI of the tests honours),
   Debian's chromium installed with apt-get at the path the Makefile and
-  spinegrade.cli.browser use by default, git allowed on a checkout it does not own, and pip's
+  scripts/browser.py uses by default, git allowed on a checkout it does not own, and pip's
   download cache keyed on both requirements files; the shell steps are run here as GitHub
   runs them, with stand-ins for apt-get and chromium;
 - its safety properties: a read-only token, no credentials left in the checkout, superseded
@@ -29,6 +29,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from browser import chromium_path
 from test_workflow import (
     REPO,
     check_schema,
@@ -39,8 +40,6 @@ from test_workflow import (
     run_step,
     zizmor,
 )
-
-from spinegrade.cli.browser import chromium_path
 
 CI = REPO / ".github" / "workflows" / "ci.yml"
 

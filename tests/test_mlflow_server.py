@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import configparser
 import contextlib
+import http.server
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -42,7 +44,6 @@ import pytest
 import yaml
 from helpers import PG_ADMIN, free_port, group_members
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image
 
 from spinegrade.cli import server
@@ -321,12 +322,11 @@ def trained(servers, train_ws) -> Path:
 
 
 @pytest.fixture
-def no_tracking_env(monkeypatch):
-    """No MLflow settings in the environment, and undo what mlflow.set_tracking_uri (called
-    by tracking.setup) sets."""
+def no_tracking_env(monkeypatch, no_tracking_uri):
+    """No MLflow settings in the environment, nor a URI set by mlflow.set_tracking_uri
+    (called by tracking.setup)."""
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         monkeypatch.delenv(key)
-    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
 
 
 # --- units -----------------------------------------------------------------------------------
@@ -358,21 +358,34 @@ def test_allowed_hosts_accept_the_printed_url():
 
 def test_options_come_from_the_environment_and_a_dot_env_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    keys = ("SPINEGRADE_BACKEND_STORE_URI", "SPINEGRADE_SERVER_PORT")
+    keys = ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_PORT")  # MLflow's own variables
     for key in keys:  # so that teardown removes what the .env file sets
         monkeypatch.setenv(key, "placeholder")
         monkeypatch.delenv(key)
     closed = f"postgresql://team:dotenv-secret@127.0.0.1:{free_port()}/mlflow"
     (tmp_path / ".env").write_text(
-        f"SPINEGRADE_BACKEND_STORE_URI={closed}\nSPINEGRADE_SERVER_PORT={free_port()}\n"
+        f"MLFLOW_BACKEND_STORE_URI={closed}\nMLFLOW_PORT={free_port()}\n"
     )
     assert server.main([]) == 1
     err = capsys.readouterr().err
     assert f"cannot open backend store {tracking.redact(closed)}: " in err
     assert "dotenv-secret" not in err
-    monkeypatch.setenv("SPINEGRADE_BACKEND_STORE_URI", "file:///tmp/x")  # the environment wins
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", "file:///tmp/x")  # the environment wins
     assert server.main(["--env-file", str(tmp_path / ".env")]) == 1
     assert "backend store file:///tmp/x is not a database URI" in capsys.readouterr().err
+
+
+def test_env_file_goes_to_mlflow_and_a_missing_one_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cmd = server.server_command(
+        "sqlite:////x/db", "file:///a", "127.0.0.1", 5, 1, env_file=Path(".env")
+    )
+    assert cmd[1:4] == ["--env-file", ".env", "server"]  # `mlflow --env-file F server ...`
+    assert "--env-file" not in server.server_command("sqlite:////x/db", "file:///a", "::1", 5, 1)
+    assert server.main(["--env-file", "team.env"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: environment file 'team.env' does not exist\n"
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_redact_masks_only_the_password():
@@ -464,12 +477,50 @@ def test_hung_server_times_out_in_seconds():
         uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
         start = time.monotonic()
         with pytest.raises(tracking.TrackingServerError) as err:
-            tracking.check_server(uri, timeout=(1.0, 1.5))
+            tracking.check_server(uri, timeout=1)
         assert time.monotonic() - start < 4
         assert str(err.value) == (
             f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: "
-            "Read timed out. (read timeout=1.5)"
+            "Read timed out. (read timeout=1)"
         )
+
+
+def test_refusals_and_strangers_are_told_apart(no_tracking_env, monkeypatch):
+    """What MLflow's client raises for a 401 and for a server that is no MLflow server."""
+    answers = {"status": 401, "body": b"You are not authenticated."}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(answers["status"])
+            self.end_headers()
+            self.wfile.write(answers["body"])
+
+        do_POST = do_GET  # noqa: N815 (the client searches with a POST)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{httpd.server_port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-hers")
+        with pytest.raises(tracking.TrackingServerError) as err:
+            tracking.check_server(uri, timeout=2)
+        assert str(err.value) == (
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) refused the credentials of "
+            "user 'alice' with HTTP 401: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to an account on it"
+        )
+        answers.update(status=404, body=b"<html>Not Found</html>")
+        with pytest.raises(tracking.TrackingServerError) as err:
+            tracking.check_server(uri, timeout=2)
+        assert str(err.value).startswith(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered with an error: "
+            "is it an MLflow server? ("
+        )
+        assert "404" in str(err.value) and "Not Found" in str(err.value)
+        httpd.shutdown()
 
 
 @pytest.mark.slow

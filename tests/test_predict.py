@@ -19,7 +19,6 @@ import torch
 import yaml
 from helpers import assert_no_identifiers, header_identifiers
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from safetensors.torch import save_file
 
 from spinegrade.cli.main import main as spinegrade_main
@@ -417,13 +416,10 @@ def test_predict_command_writes_a_submission(tiny_dataset, tiny_ingest, tmp_path
 
 
 def test_predict_from_the_model_registry_grades_as_the_files_do(
-    tiny_dataset, tiny_ingest, tmp_path, monkeypatch
+    tiny_dataset, tiny_ingest, tmp_path, monkeypatch, no_tracking_uri
 ):
     """compare-backbones registers each group's choice with alias champion; predict
     --registry loads it back and writes the same submission as from models/."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
     monkeypatch.chdir(tmp_path)
     _write_models(tmp_path, tiny_ingest)
     experiment = "registry-test"

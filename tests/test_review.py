@@ -15,11 +15,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from browser import MISSING, chromium_path, offline_page
 from helpers import assert_no_identifiers, header_identifiers
 from PIL import Image
 from test_predict import _cli, _write_models, bundle  # noqa: F401  (the module's fixture)
 
-from spinegrade.cli.browser import MISSING, chromium_path, offline_page
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
 from spinegrade.data.tables import read_labels, read_series_table

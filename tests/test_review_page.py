@@ -20,9 +20,9 @@ import re
 
 import numpy as np
 import pytest
+from browser import MISSING, chromium_path, offline_page
 from PIL import Image
 
-from spinegrade.cli.browser import MISSING, chromium_path, offline_page
 from spinegrade.core import vocab
 from spinegrade.inference.page import render_page, script_json, write_page
 

@@ -17,20 +17,10 @@ import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.tracking import store as tracking
 
 N_PARALLEL = 4
-
-
-@pytest.fixture
-def no_tracking_env(monkeypatch):
-    """No MLFLOW_TRACKING_URI, and undo what mlflow.set_tracking_uri (called by setup) sets:
-    it stores the URI in a module global *and* in os.environ."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")  # so teardown restores the original
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
 
 
 def store_uri(ws: Path) -> str:
@@ -67,7 +57,7 @@ def test_tracking_uri_respects_mlflow_tracking_uri(tmp_path, monkeypatch):
 
 
 def test_tracking_uri_default_is_absolute_sqlite_in_the_workspace(
-    tmp_path, monkeypatch, no_tracking_env
+    tmp_path, monkeypatch, no_tracking_uri
 ):
     ws = tmp_path / "ws"
     exp_copy = ws / ".dvc" / "tmp" / "exps" / "tmpxyz"
@@ -95,7 +85,7 @@ def _parallel_worker(root: str, barrier, results) -> None:
         results.put(("error", traceback.format_exc(), ""))
 
 
-def test_setup_and_parent_run_from_parallel_processes_on_a_fresh_store(tmp_path, no_tracking_env):
+def test_setup_and_parent_run_from_parallel_processes_on_a_fresh_store(tmp_path, no_tracking_uri):
     ws = tmp_path / "ws"
     ws.mkdir()
     ctx = multiprocessing.get_context("fork")  # separate processes, like parallel DVC stages
@@ -130,7 +120,7 @@ def test_setup_and_parent_run_from_parallel_processes_on_a_fresh_store(tmp_path,
     assert [r.info.run_id for r in parents] == [out[0][2]]
 
 
-def test_setup_is_idempotent_and_puts_artifacts_under_mlruns(tmp_path, no_tracking_env):
+def test_setup_is_idempotent_and_puts_artifacts_under_mlruns(tmp_path, no_tracking_uri):
     ws = tmp_path / "ws"
     ws.mkdir()
     exp = tracking.setup("exp", ws)
@@ -140,7 +130,7 @@ def test_setup_is_idempotent_and_puts_artifacts_under_mlruns(tmp_path, no_tracki
     assert location == (ws.resolve() / "mlruns" / "artifacts").as_uri()
 
 
-def test_parent_run_is_one_per_key(tmp_path, no_tracking_env):
+def test_parent_run_is_one_per_key(tmp_path, no_tracking_uri):
     exp = tracking.setup("exp", tmp_path)
     a = tracking.parent_run(exp, "key-a", "pipeline-a")
     assert tracking.parent_run(exp, "key-a", "pipeline-a") == a
@@ -153,7 +143,7 @@ def test_parent_run_is_one_per_key(tmp_path, no_tracking_env):
     assert run.info.run_name == "pipeline-a"
 
 
-def test_child_runs_of_one_pipeline_run_share_a_parent(tmp_path, no_tracking_env, monkeypatch):
+def test_child_runs_of_one_pipeline_run_share_a_parent(tmp_path, no_tracking_uri, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text("a: 1\n")
@@ -174,7 +164,7 @@ def test_child_runs_of_one_pipeline_run_share_a_parent(tmp_path, no_tracking_env
     assert child("evaluate", "evaluate")[0] != parent
 
 
-def test_parent_runs_created_twice_by_a_race_end_as_one(tmp_path, no_tracking_env, monkeypatch):
+def test_parent_runs_created_twice_by_a_race_end_as_one(tmp_path, no_tracking_uri, monkeypatch):
     """Two stages without a shared lock (a tracking server) may both find no parent and both
     create one: the second creator sees the older one, keeps it and deletes its own."""
     exp = tracking.setup("exp", tmp_path)
@@ -195,7 +185,7 @@ def test_parent_runs_created_twice_by_a_race_end_as_one(tmp_path, no_tracking_en
 
 
 def test_a_run_left_running_by_a_killed_process_is_ended_killed(
-    tmp_path, no_tracking_env, monkeypatch, caplog
+    tmp_path, no_tracking_uri, monkeypatch, caplog
 ):
     """A stage killed with SIGKILL never ends its run: the next run of the same name marks
     it KILLED and names it in the log; a run whose process still lives is left alone."""
@@ -234,7 +224,7 @@ def test_a_run_left_running_by_a_killed_process_is_ended_killed(
     assert alive not in caplog.text
 
 
-def test_setup_does_not_pin_the_store_for_other_workspaces(tmp_path, no_tracking_env):
+def test_setup_does_not_pin_the_store_for_other_workspaces(tmp_path, no_tracking_uri):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -412,7 +402,7 @@ def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
 # --- logged models -----------------------------------------------------------------------
 
 
-def test_a_logged_grader_model_loads_back_and_predicts_the_same(tmp_path, no_tracking_env):
+def test_a_logged_grader_model_loads_back_and_predicts_the_same(tmp_path, no_tracking_uri):
     """With training.log_model, the fold run's hooks log the model (log_torch_model skips
     MLflow's own load-and-predict check of the input example; this is that check): the pt2
     artifact is the fold run's logged model, loads as torch and as pyfunc, and gives the

@@ -23,7 +23,6 @@ import mlflow
 import psutil
 import pytest
 from helpers import free_port, group_members, wait_for_output
-from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from spinegrade.cli import ui
 from spinegrade.tracking import store as tracking
@@ -32,14 +31,6 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
 LINK = re.compile(r"(http://127\.0\.0\.1:(\d+)/#/experiments/(\d+)/runs)\S*\s")
 GROUP = re.compile(r"server process group (\d+)")
-
-
-@pytest.fixture
-def no_tracking_env(monkeypatch):
-    """No MLFLOW_TRACKING_URI, and undo what mlflow.set_tracking_uri (called by setup) sets."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "placeholder")  # so teardown restores the original
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
@@ -106,7 +97,7 @@ def test_experiment_name_from_params(tmp_path):
     assert ui.experiment_name(tmp_path / "q.yaml") == "spinegrade"
 
 
-def test_port_in_use_is_reported(tmp_path, monkeypatch, capsys, no_tracking_env):
+def test_port_in_use_is_reported(tmp_path, monkeypatch, capsys, no_tracking_uri):
     monkeypatch.chdir(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -128,7 +119,7 @@ def test_remote_tracking_uri_is_refused(monkeypatch, capsys):
 
 
 @pytest.mark.server
-def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tracking_env):
+def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tracking_uri):
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "params.yaml").write_text("mlflow:\n  experiment: ui-test\n")

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+import psutil
+
 HOST = "127.0.0.1"
 
 READY_TIMEOUT_S = 120.0
@@ -87,24 +89,20 @@ def wait_ready(proc: subprocess.Popen, base_url: str, timeout: float = READY_TIM
         time.sleep(0.5)
 
 
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        # a process may end between the listing and the question: it is no member then
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+    return members
+
+
 def group_alive(pgid: int) -> bool:
     """True while any non-zombie process of process group ``pgid`` exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # fields after the parenthesised command: state ppid pgrp ...
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+    return bool(group_members(pgid))
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:

@@ -12,6 +12,16 @@ on a laptop:
 5. a Markdown summary (stages re-run, ``dvc metrics diff`` against ``--base``, the
    compare-backbones table) on stdout and appended to ``$GITHUB_STEP_SUMMARY`` when set.
 
+DVC runs in this process through its Python API (``dvc.repo.Repo``), which returns the
+results as data: ``Repo.status`` and the stage graph (``repo.index.graph``) give the stale
+stages, ``Repo.reproduce`` the stages it reproduced, ``Repo.push`` the number of files sent.
+Which of the reproduced stages were restored from the run-cache rather than run is seen at
+the run-cache itself: ``repo.stage_cache.restore``, which ``dvc repro`` asks before running
+a stage's command, is watched, and a stage it restored did not run. DVC's log (``Running
+stage ...``, warnings) and the stages' own output stream to stdout as ``dvc repro`` prints
+them; stderr holds only the error line. ``dvc metrics diff --md`` still runs as a command:
+its Markdown table goes into the summary as DVC renders it.
+
 With no DVC remote configured, steps 1, 2 and 4 are skipped with a note (the synthetic
 default needs none). A run interrupted between repro and push is simply run again: repro
 then has nothing to do and push sends what is missing (.dvc/tmp/retrain-unpushed remembers
@@ -22,15 +32,20 @@ line naming the remote or the object; the exit code is 1.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import logging
 import os
-import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spinegrade.tracking.store import redact
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -41,10 +56,8 @@ COMPARE_TABLE = Path("reports/compare-backbones.md")
 # Stages a retrain ran and has not pushed yet (it stopped before or during its push).
 UNPUSHED = Path(".dvc/tmp/retrain-unpushed")
 
-# dvc's own messages we report instead of its full output.
-_RAN = re.compile(r"Running stage '([^']+)'")
-_RESTORED = re.compile(r"Stage '([^']+)' is cached - skipping run")
-_PUSHED = re.compile(r"(\d+) files? pushed")
+# The loggers DVC writes its console messages to.
+DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
 
 
 class RetrainError(RuntimeError):
@@ -60,142 +73,232 @@ class Outcome:
     pushed: int = 0
 
 
+def reason(exc: BaseException) -> str:
+    """An exception and its causes on one line, as the dvc command prints them
+    (``message: cause: cause``)."""
+    parts = []
+    cause: BaseException | None = exc
+    while cause is not None:
+        parts.append(str(cause) or type(cause).__name__)
+        cause = cause.__cause__
+    return " ".join(": ".join(parts).split())
+
+
+class _Errors(logging.Handler):
+    """Collects the errors DVC logs, one line each (``message - cause: cause``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            line = " - ".join(filter(None, [line, reason(record.exc_info[1])]))
+        self.lines.append(" ".join(line.split()))
+
+
+@contextlib.contextmanager
+def dvc_errors() -> Iterator[list[str]]:
+    """The errors DVC logs inside the block. A transfer logs its cause (an unreachable
+    endpoint, missing credentials) and then raises only a count ("1 files failed to
+    download"): the message needs both."""
+    errors = _Errors()
+    loggers = [logging.getLogger(name) for name in DVC_LOGGERS]
+    for lg in loggers:
+        lg.addHandler(errors)
+    try:
+        yield errors.lines
+    finally:
+        for lg in loggers:
+            lg.removeHandler(errors)
+
+
+def failure(what: str, exc: BaseException, logged: list[str]) -> RetrainError:
+    """RetrainError ``what: <the errors DVC logged>; <the exception and its causes>``."""
+    return RetrainError(f"{what}: {'; '.join(dict.fromkeys([*logged, reason(exc)]))}")
+
+
+@contextlib.contextmanager
+def dvc_console() -> Iterator[None]:
+    """DVC's console log on stdout: ``import dvc`` sets it up as the dvc command's
+    (``Running stage 'x':`` on stdout, ``WARNING: ...`` on stderr); its warnings move to
+    stdout here, with other libraries' warnings and Python warnings, so that stderr holds
+    only retrain's error line."""
+    import dvc  # noqa: F401  (importing it installs DVC's console handlers)
+
+    to_stderr = {
+        h
+        for name in DVC_LOGGERS
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
+    }
+    others = logging.StreamHandler(sys.stdout)
+    others.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    others.setLevel(logging.WARNING)
+    others.addFilter(lambda record: record.name.partition(".")[0] not in DVC_LOGGERS)
+    root = logging.getLogger()
+    for handler in to_stderr:
+        handler.setStream(sys.stdout)
+    root.addHandler(others)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(others)
+        for handler in to_stderr:
+            handler.setStream(sys.stderr)
+
+
+def open_repo() -> Repo:
+    """The DVC project in the current directory (it must hold dvc.yaml)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    if not Path("dvc.yaml").is_file():
+        raise RetrainError(f"{Path.cwd()}: no dvc.yaml here; run from the project root")
+    try:
+        return Repo()
+    except DvcException as exc:
+        raise RetrainError(f"{Path.cwd()}: {reason(exc)}") from None
+
+
+@contextlib.contextmanager
+def _repo(repo: Repo | None) -> Iterator[Repo]:
+    """``repo``, or the current directory's, opened and closed here."""
+    if repo is not None:
+        yield repo
+        return
+    with open_repo() as opened:
+        yield opened
+
+
+def _is_pipeline_stage(stage) -> bool:
+    """A stage of dvc.yaml (not the ``*.dvc`` pointer file of tracked data)."""
+    from dvc.stage import PipelineStage
+
+    return isinstance(stage, PipelineStage)
+
+
+def default_remote(repo: Repo) -> tuple[str, str] | None:
+    """(name, url with its password masked) of the default DVC remote, or None."""
+    name = repo.config["core"].get("remote")
+    if not name:
+        return None
+    return name, redact(repo.config["remote"].get(name, {}).get("url", ""))
+
+
+def pointer_files(repo: Repo) -> list[str]:
+    """The ``*.dvc`` files of tracked data, e.g. data/rsna.dvc."""
+    return sorted(s.relpath for s in repo.index.stages if not _is_pipeline_stage(s))
+
+
+def stale_stages(repo: Repo | None = None) -> list[str]:
+    """The stages ``dvc repro`` will run, in pipeline order: those ``Repo.status`` reports
+    as changed, and every stage downstream of them (status compares each stage with its
+    recorded inputs only, so a stage whose upstream will change does not show there yet)."""
+    import networkx as nx
+
+    with _repo(repo) as repo:
+        changed = set(repo.status())
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+        stale = set()
+        for stage in graph:
+            if stage.addressing in changed:
+                stale |= {stage} | nx.ancestors(graph, stage)  # it and all that depend on it
+        return [s.addressing for s in graph if s in stale and _is_pipeline_stage(s)]
+
+
+def _print_pulled(result: dict) -> None:
+    from dvc.utils.humanize import get_summary
+
+    print(get_summary(result.get("stats", {}).items()) or "everything is up to date", flush=True)
+
+
+def pull(repo: Repo, remote: str) -> None:
+    pointers = pointer_files(repo)
+    if pointers:
+        names = ", ".join(pointers)
+        print(f"pulling the tracked data ({names}) from remote '{remote}'", flush=True)
+        with dvc_errors() as logged:
+            try:
+                _print_pulled(repo.pull(targets=pointers))
+            except Exception as exc:  # as the dvc command: DVC's and its storage libraries'
+                what = f"remote '{remote}': could not pull the tracked data ({names})"
+                raise failure(what, exc, logged) from None
+    print(f"pulling pipeline outputs and the run-cache from remote '{remote}'", flush=True)
+    with dvc_errors() as logged:
+        try:  # allow_missing: an output nobody pushed yet is rebuilt, not an error
+            _print_pulled(repo.pull(run_cache=True, allow_missing=True))
+        except Exception as exc:
+            raise failure(f"remote '{remote}': could not pull", exc, logged) from None
+
+
+def reproduce(repo: Repo) -> tuple[list[str], list[str]]:
+    """``dvc repro``: (stages run, stages restored from the run-cache), in pipeline order.
+
+    ``Repo.reproduce`` returns both kinds alike. The run-cache tells them apart: before it
+    runs a stage's command, DVC asks ``repo.stage_cache.restore``, which either restores
+    the stage's outputs or raises (no entry); it is watched here for the duration of the
+    call. Should a DVC release stop asking it, every reproduced stage counts as run.
+    """
+    asked: list[str] = []
+    restored: list[str] = []
+    cache = repo.stage_cache
+    real_restore = cache.restore
+
+    def restore(stage, *args, **kwargs):
+        asked.append(stage.addressing)
+        real_restore(stage, *args, **kwargs)  # RunCacheNotFoundError: no entry, it runs
+        restored.append(stage.addressing)
+
+    cache.restore = restore
+    try:
+        with dvc_errors() as logged:
+            stages = repo.reproduce()
+    except Exception as exc:
+        stage = asked[-1] if asked else "?"
+        raise failure(f"dvc repro failed in stage '{stage}'", exc, logged) from None
+    finally:
+        del cache.restore  # the class's method again
+    names = [s.addressing for s in stages if _is_pipeline_stage(s)]
+    return [n for n in names if n not in restored], [n for n in names if n in restored]
+
+
+def in_sync(repo: Repo, remote: str) -> bool:
+    """True when the remote already holds every output and tracked file of the workspace."""
+    with dvc_errors() as logged:
+        try:
+            return repo.status(cloud=True) == {}
+        except Exception as exc:
+            raise failure(f"remote '{remote}'", exc, logged) from None
+
+
+def push(repo: Repo, remote: str) -> int:
+    """Push outputs and the run-cache; the number of files sent."""
+    print(f"pushing outputs and the run-cache to remote '{remote}'", flush=True)
+    with dvc_errors() as logged:
+        try:
+            sent = repo.push(run_cache=True)
+        except Exception as exc:
+            raise failure(f"remote '{remote}': push failed", exc, logged) from None
+    print(f"{sent} file{'' if sent == 1 else 's'} pushed", flush=True)
+    return sent
+
+
 def _dvc() -> str:
     local = Path(sys.executable).parent / "dvc"
     return str(local) if local.is_file() else "dvc"
 
 
-def dvc(*args: str, stream: bool = False, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``dvc args``; with ``stream``, echo its output as it comes (and keep it)."""
-    cmd = [_dvc(), *args]
-    if not stream:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    else:
-        lines = []
-        with subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        ) as p:
-            assert p.stdout is not None
-            for line in p.stdout:
-                print(line, end="", flush=True)
-                lines.append(line)
-        proc = subprocess.CompletedProcess(cmd, p.returncode, "".join(lines), "")
-    if check and proc.returncode != 0:
-        raise RetrainError(f"`dvc {' '.join(args)}` failed: {_dvc_error(proc)}")
-    return proc
-
-
-def _dvc_error(proc: subprocess.CompletedProcess) -> str:
-    """dvc's ERROR lines (it prints no traceback without -v), else its last line."""
-    text = (proc.stderr or "") + (proc.stdout or "")
-    errors = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("ERROR")]
-    if errors:
-        return " ".join(errors)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else f"exit code {proc.returncode}"
-
-
-def default_remote() -> tuple[str, str] | None:
-    """(name, url) of the default DVC remote, or None when there is none."""
-    name = dvc("remote", "default", check=False).stdout.strip()
-    if not name or "no default remote" in name.lower():
-        return None
-    for line in dvc("remote", "list").stdout.splitlines():
-        parts = line.split()
-        if parts and parts[0] == name:
-            return name, redact(parts[1]) if len(parts) > 1 else ""
-    return name, ""
-
-
-def pointer_files() -> list[str]:
-    """The ``*.dvc`` files of tracked data (committed or about to be)."""
-    proc = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.dvc"],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode == 0:
-        return sorted(set(proc.stdout.split()))
-    return sorted(str(p) for p in Path().rglob("*.dvc") if ".dvc" not in p.parts[:-1])
-
-
-_NODE = re.compile(r'^"([^"]+)";$')
-_EDGE = re.compile(r'^"([^"]+)" -> "([^"]+)";$')
-
-
-def dag() -> tuple[list[str], dict[str, set[str]]]:
-    """(nodes in pipeline order, upstream -> downstream edges) of ``dvc dag``.
-
-    Nodes are the stages (matrix and foreach stages expanded, ``train-per-condition@...``)
-    and the ``*.dvc`` pointer files of tracked data.
-    """
-    if not Path("dvc.yaml").is_file():
-        raise RetrainError(f"{Path.cwd()}: no dvc.yaml here; run from the project root")
-    nodes: list[str] = []
-    edges: dict[str, set[str]] = {}
-    for line in dvc("dag", "--dot").stdout.splitlines():
-        line = line.strip()
-        if m := _EDGE.match(line):
-            edges.setdefault(m.group(1), set()).add(m.group(2))
-        elif m := _NODE.match(line):
-            nodes.append(m.group(1))
-    return nodes, edges
-
-
-def stale_stages() -> list[str]:
-    """The stages ``dvc repro`` will run: those ``dvc status`` reports as changed, and
-    every stage downstream of them (status compares each stage with its recorded inputs
-    only, so a stage whose upstream will change does not show there yet)."""
-    changed = set(json.loads(dvc("status", "--json").stdout or "{}"))
-    nodes, edges = dag()
-    stale, todo = set(), [n for n in nodes if n in changed]
-    while todo:
-        node = todo.pop()
-        if node not in stale:
-            stale.add(node)
-            todo.extend(edges.get(node, ()))
-    return [n for n in nodes if n in stale and not n.endswith(".dvc")]
-
-
-def pull(remote: str) -> None:
-    pointers = pointer_files()
-    if pointers:
-        print(f"pulling the tracked data ({', '.join(pointers)}) from remote '{remote}'")
-        try:
-            dvc("pull", *pointers, stream=True)
-        except RetrainError as exc:
-            raise RetrainError(
-                f"remote '{remote}': could not pull the tracked data: {exc}"
-            ) from None
-    print(f"pulling pipeline outputs and the run-cache from remote '{remote}'")
-    try:  # --allow-missing: an output nobody pushed yet is rebuilt, not an error
-        dvc("pull", "--run-cache", "--allow-missing", stream=True)
-    except RetrainError as exc:
-        raise RetrainError(f"remote '{remote}': could not pull: {exc}") from None
-
-
-def in_sync(remote: str) -> bool:
-    """True when the remote already holds every output and tracked file of the workspace."""
-    try:
-        return json.loads(dvc("status", "--cloud", "--json").stdout or "{}") == {}
-    except RetrainError as exc:
-        raise RetrainError(f"remote '{remote}': {exc}") from None
-
-
-def push(remote: str) -> int:
-    """Push outputs and the run-cache; the number of files sent."""
-    print(f"pushing outputs and the run-cache to remote '{remote}'")
-    try:
-        proc = dvc("push", "--run-cache", stream=True)
-    except RetrainError as exc:
-        raise RetrainError(f"remote '{remote}': push failed: {exc}") from None
-    return sum(int(n) for n in _PUSHED.findall(proc.stdout))
-
-
 def metrics_diff(base: str) -> str:
-    proc = dvc("metrics", "diff", base, "--md", check=False)
+    """``dvc metrics diff BASE --md``: the Markdown table as DVC renders it."""
+    proc = subprocess.run([_dvc(), "metrics", "diff", base, "--md"], capture_output=True, text=True)
     if proc.returncode != 0:
-        return f"(no metrics diff against `{base}`: {_dvc_error(proc)})\n"
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit code {proc.returncode}"
+        return f"(no metrics diff against `{base}`: {why})\n"
     return proc.stdout.strip() + "\n" if proc.stdout.strip() else "No metric changed.\n"
 
 
@@ -224,33 +327,35 @@ def summary(outcome: Outcome, base: str) -> str:
 
 def retrain(base: str, do_pull: bool = True, do_push: bool = True) -> Outcome:
     outcome = Outcome()
-    remote = default_remote()
-    if remote is None:
-        print("no default DVC remote configured: running dvc repro only (pull and push skipped)")
-    else:
-        outcome.remote = f"{remote[0]} ({remote[1]})" if remote[1] else remote[0]
-        if do_pull:
-            pull(outcome.remote)
-    outcome.stale = stale_stages()
-    print(f"stale stages: {', '.join(outcome.stale) or 'none'}", flush=True)
-    proc = dvc("repro", stream=True, check=False)
-    outcome.ran = _RAN.findall(proc.stdout)
-    outcome.restored = _RESTORED.findall(proc.stdout)
-    if proc.returncode != 0:
-        ran = outcome.ran[-1] if outcome.ran else "?"
-        raise RetrainError(f"dvc repro failed in stage '{ran}': {_dvc_error(proc)}")
-    if outcome.ran and remote is not None:
-        UNPUSHED.parent.mkdir(parents=True, exist_ok=True)
-        UNPUSHED.write_text("".join(f"{n}\n" for n in outcome.ran))
-    if remote is not None and do_push:
-        # dvc push --run-cache re-sends every run-cache entry even when nothing ran: push
-        # only when a stage ran since the last push (its run-cache entry is new, even if its
-        # outputs are not) or the remote lacks an output (a plain dvc repro ran here).
-        if outcome.ran or UNPUSHED.is_file() or not in_sync(outcome.remote):
-            outcome.pushed = push(outcome.remote)
-            UNPUSHED.unlink(missing_ok=True)
+    with open_repo() as repo:
+        remote = default_remote(repo)
+        if remote is None:
+            print(
+                "no default DVC remote configured: running dvc repro only (pull and push skipped)",
+                flush=True,
+            )
         else:
-            print(f"nothing to push: no stage ran and remote '{outcome.remote}' is in sync")
+            outcome.remote = f"{remote[0]} ({remote[1]})" if remote[1] else remote[0]
+            if do_pull:
+                pull(repo, outcome.remote)
+        outcome.stale = stale_stages(repo)
+        print(f"stale stages: {', '.join(outcome.stale) or 'none'}", flush=True)
+        outcome.ran, outcome.restored = reproduce(repo)
+        if outcome.ran and remote is not None:
+            UNPUSHED.parent.mkdir(parents=True, exist_ok=True)
+            UNPUSHED.write_text("".join(f"{n}\n" for n in outcome.ran))
+        if remote is not None and do_push:
+            # a run-cache push re-sends every run-cache entry even when nothing ran: push
+            # only when a stage ran since the last push (its run-cache entry is new, even if
+            # its outputs are not) or the remote lacks an output (a plain dvc repro ran here).
+            if outcome.ran or UNPUSHED.is_file() or not in_sync(repo, outcome.remote):
+                outcome.pushed = push(repo, outcome.remote)
+                UNPUSHED.unlink(missing_ok=True)
+            else:
+                print(
+                    f"nothing to push: no stage ran and remote '{outcome.remote}' is in sync",
+                    flush=True,
+                )
     return outcome
 
 
@@ -267,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-push", action="store_true", help="skip pushing to the remote")
     args = parser.parse_args(argv)
     try:
-        outcome = retrain(args.base, not args.no_pull, not args.no_push)
-        text = summary(outcome, args.base)
+        with dvc_console():
+            outcome = retrain(args.base, not args.no_pull, not args.no_push)
+            text = summary(outcome, args.base)
     except RetrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

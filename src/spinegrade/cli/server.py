@@ -10,12 +10,20 @@ HTTP only and need no access to the database or the bucket. It listens on 127.0.
 change. --auth turns on MLflow's basic-auth app (users, passwords, per-experiment
 permissions).
 
-Every option also reads an environment variable (named in --help), and a .env file in the
-current directory (or --env-file) fills those not set in the environment, so a team can keep
-its settings in one file. Before starting, the backend store is opened once: a wrong URI, a
-missing database or an unreachable host is one error line naming the URI (password masked).
-The server runs in its own process group; Ctrl-C, SIGTERM or SIGHUP stop it and all its
-workers.
+Options take their defaults from MLflow's own environment variables (MLFLOW_BACKEND_STORE_URI,
+MLFLOW_ARTIFACTS_DESTINATION, MLFLOW_HOST, MLFLOW_PORT, MLFLOW_WORKERS,
+MLFLOW_SERVER_ALLOWED_HOSTS, MLFLOW_AUTH_ADMIN_USERNAME / _PASSWORD; named in --help), and the
+``mlflow server`` options this command does not set (MLFLOW_SERVER_CORS_ALLOWED_ORIGINS,
+MLFLOW_UVICORN_OPTS, ...) reach it from the environment as they would without it. An env
+file (--env-file, default .env in the current directory if there is one) is read as
+``mlflow --env-file`` reads it (python-dotenv; the environment wins over the file, the
+command line over both) and handed on to ``mlflow --env-file``, so a team can keep its
+settings in one file. MLflow has no variable for --auth, --auth-database-uri and
+--default-permission: --auth is given on the command line, and the other two can live in an
+auth ini of your own (MLFLOW_AUTH_CONFIG_PATH). Before starting, the backend store is opened
+once: a wrong URI, a missing database or an unreachable host is one error line naming the
+URI (password masked). The server runs in its own process group; Ctrl-C, SIGTERM or SIGHUP
+stop it and all its workers.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from spinegrade.tracking import store as tracking
 DEFAULT_PORT = 5000
 
 DEFAULT_WORKERS = 2
+
+DEFAULT_ENV_FILE = ".env"
 
 DB_CONNECT_TIMEOUT_S = 5
 
@@ -239,10 +249,14 @@ def server_command(
     workers: int,
     auth: bool = False,
     hosts: str | None = None,
+    env_file: Path | None = None,
 ) -> list[str]:
     """The ``mlflow server`` command line: proxied artifacts (clients get mlflow-artifacts:
-    URIs and upload through the server), and the basic-auth app with ``auth``."""
+    URIs and upload through the server), the basic-auth app with ``auth``, and
+    ``mlflow --env-file`` with ``env_file``."""
     cmd = mlflow_server(backend_uri, host, port, workers)
+    if env_file is not None:  # mlflow's own option: before the subcommand
+        cmd[1:1] = ["--env-file", str(env_file)]
     cmd += ["--serve-artifacts", "--artifacts-destination", artifacts]
     if hosts:
         cmd += ["--allowed-hosts", hosts]
@@ -252,19 +266,25 @@ def server_command(
 
 
 def load_env_file(path: Path) -> list[str]:
-    """Set the variables of a .env file that the environment does not set; their names."""
-    from dotenv import dotenv_values
+    """Read an env file as ``mlflow --env-file`` does (python-dotenv's ``load_dotenv``,
+    ``override=False``: a variable the environment sets keeps its value); the names it set."""
+    from dotenv import load_dotenv
 
-    added = []
-    for key, value in dotenv_values(path).items():
-        if value is not None and key not in os.environ:
-            os.environ[key] = value
-            added.append(key)
-    return added
+    before = set(os.environ)
+    load_dotenv(path, override=False)
+    return sorted(set(os.environ) - before)
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def env_file_path(given: str | None) -> Path | None:
+    """The env file to read: ``given`` (SetupError if it does not exist, as in ``mlflow
+    --env-file``), else .env in the current directory if there is one."""
+    if given is None:
+        default = Path(DEFAULT_ENV_FILE)
+        return default if default.is_file() else None
+    path = Path(given)
+    if not path.is_file():
+        raise SetupError(f"environment file '{given}' does not exist")
+    return path
 
 
 def parser() -> argparse.ArgumentParser:
@@ -279,6 +299,12 @@ def parser() -> argparse.ArgumentParser:
             "  make mlflow-server ARGS='--host 0.0.0.0 --auth"
             " --backend-store-uri postgresql://mlflow@db.internal:5432/mlflow"
             " --artifacts-destination s3://team-bucket/mlflow'\n"
+            "  the same from a .env file (MLflow's variable names) and the command line:\n"
+            "    MLFLOW_BACKEND_STORE_URI=postgresql://mlflow@db.internal:5432/mlflow\n"
+            "    MLFLOW_ARTIFACTS_DESTINATION=s3://team-bucket/mlflow\n"
+            "    MLFLOW_HOST=0.0.0.0\n"
+            "    MLFLOW_AUTH_ADMIN_PASSWORD=<12 characters or more>\n"
+            "  make mlflow-server ARGS=--auth\n"
             "teammates:\n"
             "  export MLFLOW_TRACKING_URI=http://<server>:5000\n"
             "  export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>"
@@ -287,54 +313,54 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--env-file",
-        default=".env",
-        help="variables the environment does not set are read from here, if it exists "
-        "(default: %(default)s)",
+        default=None,
+        help="read variables from this file as `mlflow --env-file` does (python-dotenv; the "
+        "environment wins over the file) and pass it on to mlflow; default "
+        f"{DEFAULT_ENV_FILE} in the current directory, if there is one",
     )
     p.add_argument(
         "--backend-store-uri",
-        default=env("SPINEGRADE_BACKEND_STORE_URI"),
-        help="SQLAlchemy URI of the runs database [SPINEGRADE_BACKEND_STORE_URI]; "
+        default=env("MLFLOW_BACKEND_STORE_URI"),
+        help="SQLAlchemy URI of the runs database [MLFLOW_BACKEND_STORE_URI]; "
         "default sqlite:///<workspace>/mlruns/server/mlflow.db; a team: "
         "postgresql://user:password@host:5432/db (driver: psycopg) or "
         "mysql+pymysql://user:password@host:3306/db",
     )
     p.add_argument(
         "--artifacts-destination",
-        default=env("SPINEGRADE_ARTIFACTS_DESTINATION"),
-        help="where the server stores artifacts [SPINEGRADE_ARTIFACTS_DESTINATION]; default "
+        default=env("MLFLOW_ARTIFACTS_DESTINATION"),
+        help="where the server stores artifacts [MLFLOW_ARTIFACTS_DESTINATION]; default "
         "<workspace>/mlruns/server/artifacts; a folder, or s3://bucket/prefix (boto3 and the "
         "server's AWS_* / MLFLOW_S3_ENDPOINT_URL variables), gs://, wasbs://...",
     )
     p.add_argument(
         "--host",
-        default=env("SPINEGRADE_SERVER_HOST", HOST),
-        help="address to listen on [SPINEGRADE_SERVER_HOST] (default: %(default)s; "
-        "0.0.0.0 for the team)",
+        default=env("MLFLOW_HOST", HOST),
+        help="address to listen on [MLFLOW_HOST] (default: %(default)s; 0.0.0.0 for the team)",
     )
     p.add_argument(
         "--port",
         type=int,
-        default=env("SPINEGRADE_SERVER_PORT", str(DEFAULT_PORT)),
-        help="[SPINEGRADE_SERVER_PORT] (default: %(default)s)",
+        default=env("MLFLOW_PORT", str(DEFAULT_PORT)),
+        help="[MLFLOW_PORT] (default: %(default)s)",
     )
     p.add_argument(
         "--workers",
         type=int,
-        default=env("SPINEGRADE_SERVER_WORKERS", str(DEFAULT_WORKERS)),
-        help="uvicorn workers [SPINEGRADE_SERVER_WORKERS] (default: %(default)s)",
+        default=env("MLFLOW_WORKERS", str(DEFAULT_WORKERS)),
+        help="uvicorn workers [MLFLOW_WORKERS] (default: %(default)s)",
     )
     p.add_argument(
         "--allowed-hosts",
-        default=env("SPINEGRADE_ALLOWED_HOSTS"),
-        help="Host headers MLflow accepts, comma-separated [SPINEGRADE_ALLOWED_HOSTS]; default "
-        "localhost and private IPs, plus this machine's name when --host is 0.0.0.0",
+        default=env("MLFLOW_SERVER_ALLOWED_HOSTS"),
+        help="Host headers MLflow accepts, comma-separated [MLFLOW_SERVER_ALLOWED_HOSTS]; "
+        "default localhost and private IPs, plus this machine's name when --host is 0.0.0.0",
     )
     p.add_argument(
         "--auth",
         action="store_true",
-        default=_flag(env("SPINEGRADE_SERVER_AUTH")),
-        help="MLflow's basic-auth app: users, passwords, permissions [SPINEGRADE_SERVER_AUTH=1]",
+        help="MLflow's basic-auth app: users, passwords, permissions (`mlflow server "
+        "--app-name basic-auth`; like it, no environment variable)",
     )
     p.add_argument(
         "--admin-username",
@@ -349,17 +375,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--auth-database-uri",
-        default=env("SPINEGRADE_AUTH_DATABASE_URI"),
-        help="SQLAlchemy URI of the users database [SPINEGRADE_AUTH_DATABASE_URI]; default "
-        "basic_auth.db beside a SQLite store, else the store's own database. Ignored when "
-        "MLFLOW_AUTH_CONFIG_PATH names an auth ini of your own",
+        default=None,
+        help="SQLAlchemy URI of the users database; default basic_auth.db beside a SQLite "
+        "store, else the store's own database. Ignored when MLFLOW_AUTH_CONFIG_PATH names an "
+        "auth ini of your own (its database_uri; the way to keep this setting in a file)",
     )
     p.add_argument(
         "--default-permission",
         choices=PERMISSIONS,
-        default=env("SPINEGRADE_AUTH_DEFAULT_PERMISSION", "READ"),
-        help="what every user may do with others' experiments "
-        "[SPINEGRADE_AUTH_DEFAULT_PERMISSION] (default: %(default)s)",
+        default="READ",
+        help="what every user may do with others' experiments (default: %(default)s). "
+        "Ignored when MLFLOW_AUTH_CONFIG_PATH names an auth ini of your own (its "
+        "default_permission)",
     )
     p.add_argument(
         "--timeout",
@@ -371,11 +398,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the env file first: it fills the defaults of the options (MLflow's variables)
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--env-file", default=".env")
+    first.add_argument("--env-file", default=None)
     pre, _ = first.parse_known_args(argv)
-    env_file = Path(pre.env_file)
-    loaded = load_env_file(env_file) if env_file.is_file() else []
+    try:
+        env_file = env_file_path(pre.env_file)
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    loaded = load_env_file(env_file) if env_file else []
     args = parser().parse_args(argv)
 
     backend = args.backend_store_uri or default_backend_uri()
@@ -398,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     local_url = f"http://{local_host(args.host)}:{args.port}"
     team_url = f"http://{public_host(args.host)}:{args.port}"
     hosts = allowed_hosts(args.host, args.allowed_hosts)
-    cmd = server_command(backend, artifacts, args.host, args.port, args.workers, args.auth, hosts)
+    cmd = server_command(
+        backend, artifacts, args.host, args.port, args.workers, args.auth, hosts, env_file
+    )
     if loaded:
         print(f"read {', '.join(sorted(loaded))} from {env_file}", flush=True)
     print(

@@ -5,9 +5,10 @@ store), with artifacts beside it. DVC runs queued or temporary experiments in a 
 repository under ``<workspace>/.dvc/tmp/exps/``; such runs are pointed back at the
 workspace's store, so they are not written into the copy and lost.
 ``MLFLOW_TRACKING_URI`` overrides all of this. For a tracking server (http/https) ``setup``
-first checks with one request, no retries (5 s to connect), that it answers and accepts the
-credentials (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), so a dead server
-fails a stage with one line instead of minutes of MLflow's retries.
+first checks with one request through MLflow's client, no retries (10 s to connect and to
+answer), that it answers and accepts the credentials (``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD``), so a dead server fails a stage with one line instead of minutes
+of MLflow's retries.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import socket
 import subprocess
 import urllib.parse
@@ -29,6 +29,7 @@ import yaml
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import read_mlflow_creds
 
 from spinegrade.core.config.base import flatten
 from spinegrade.core.errors import ConfigError
@@ -53,8 +54,9 @@ PIPELINE_SOURCE = "data/ingest"
 
 DVC_EXPS_DIR = (".dvc", "tmp", "exps")
 
-# (connect, read) seconds: a dead server fails within seconds, a slow one gets time to answer
-SERVER_CHECK_TIMEOUT_S = (5.0, 30.0)
+# seconds to connect and to answer (MLFLOW_HTTP_REQUEST_TIMEOUT, whole seconds): a dead server
+# fails within seconds, a slow one gets time to answer
+SERVER_CHECK_TIMEOUT_S = 10
 
 
 class TrackingServerError(ConfigError):
@@ -90,39 +92,67 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def check_server(uri: str, timeout: tuple[float, float] = SERVER_CHECK_TIMEOUT_S) -> None:
-    """One request, no retries, to the tracking server ``uri`` with MLflow's credentials;
-    TrackingServerError naming the URI if it does not answer, refuses them or fails."""
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    creds = get_default_host_creds(uri)
-    name = f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI)"
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """The environment with ``values`` set inside the block, as it was after it."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        resp = http_request(
-            creds,
-            "/api/2.0/mlflow/experiments/search",
-            "GET",
-            max_retries=0,
-            timeout=timeout,
-            raise_on_status=False,
-            params={"max_results": 1},
-        )
-    except MlflowException as exc:  # requests' reason is at the end of the text
-        text = str(exc)
-        m = re.search(r"\[Errno [^]]*\][^'\")]*|\S+ timed out\. \([^)]*\)", text)
-        m = m or re.search(r"Caused by (.*)", text)
-        why = m.group(m.lastindex or 0) if m else text
-        raise TrackingServerError(f"{name} is not reachable: {why}") from None
-    if resp.status_code in (401, 403):
-        who = f"of user '{creds.username}'" if creds.username else "(none set)"
-        raise TrackingServerError(
-            f"{name} refused the credentials {who} with HTTP {resp.status_code}: set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
-        )
-    if resp.status_code != 200:
-        body = " ".join(resp.text.split())[:200] or "(no body): is it an MLflow server?"
-        raise TrackingServerError(f"{name} answered HTTP {resp.status_code}: {body}")
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why no HTTP answer came, from the exceptions under MLflow's (innermost first): the
+    socket error (``[Errno 111] Connection refused``, a name that does not resolve) or
+    urllib3's timeout; None when the server did answer."""
+    import requests
+    import urllib3.exceptions
+
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if not any(isinstance(e, (requests.ConnectionError, requests.Timeout)) for e in chain):
+        return None
+    for err in reversed(chain):
+        if isinstance(err, OSError) and err.errno is not None:
+            return str(err)
+        timeout = (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)
+        if isinstance(err, timeout) and not isinstance(err, urllib3.exceptions.NewConnectionError):
+            pool = getattr(err, "pool", None)  # "<pool>: Read timed out. (read timeout=5)"
+            return str(err.args[-1]).removeprefix(f"{pool}: " if pool else "")
+    return " ".join(str(chain[-1]).split())
+
+
+def check_server(uri: str, timeout: int = SERVER_CHECK_TIMEOUT_S) -> None:
+    """One request, no retries, to the tracking server ``uri`` with MLflow's credentials
+    (MlflowClient.search_experiments, ``timeout`` seconds to connect and to answer);
+    TrackingServerError naming the URI if it does not answer, refuses them or fails."""
+    name = f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI)"
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    try:
+        with _environment(**retries):
+            MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        status = exc.get_http_status_code()
+        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            user = read_mlflow_creds().username  # the environment, else ~/.mlflow/credentials
+            who = f"of user '{user}'" if user else "(none set)"
+            raise TrackingServerError(
+                f"{name} refused the credentials {who} with HTTP {status}: set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
+            ) from None
+        if (why := _unreachable(exc)) is not None:
+            raise TrackingServerError(f"{name} is not reachable: {why}") from None
+        hint = ": is it an MLflow server?" if exc.error_code == "ENDPOINT_NOT_FOUND" else ""
+        detail = " ".join(exc.message.split())[:300]
+        raise TrackingServerError(f"{name} answered with an error{hint} ({detail})") from None
 
 
 def local_store_dir(uri: str) -> Path | None:

@@ -1,8 +1,11 @@
-"""Debian's chromium, headless, for the browser tests and the screenshot scripts.
+"""Debian's chromium, headless, for the browser tests, the screenshot scripts and the review
+page benchmark: development tooling, not part of the installed package.
 
 Playwright drives it (``executable_path``): it cannot download its own browsers here. Set
 ``CHROMIUM`` to use another binary. Playwright is a development dependency
-(requirements-dev.txt), imported only when a page is opened.
+(requirements-dev.txt), imported only when a page is opened. Scripts in scripts/ import it
+as ``browser`` (their folder is first on the path); pytest puts scripts/ on the path
+(``pythonpath`` in pyproject.toml); benchmarks/bench_review_page.py adds it itself.
 """
 
 from __future__ import annotations
