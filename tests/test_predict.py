@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
 from spinegrade.core.config.crop_rois import CropConfig
-from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.localizer_input import LocalizerInput
+from spinegrade.core.config.predict import PredictConfig
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.errors import DataError
@@ -235,7 +235,7 @@ def test_the_report_scores_the_submission_beside_its_references_when_the_answers
     tiny_dataset, bundle, predicted, predicted_with_labels
 ):
     series, found, _ = predicted
-    settings = EvaluateConfig(bootstrap_resamples=100)
+    settings = PredictConfig(bootstrap_resamples=100)
     counts = predict_report(series, found, bundle.prior_solution, settings)
     assert counts.errors is None and counts.report == {
         "studies": series["study_id"].nunique(),

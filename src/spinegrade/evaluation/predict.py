@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from spinegrade.core.config.evaluate import EvaluateConfig
+from spinegrade.core.config.intervals import IntervalSettings
 from spinegrade.evaluation.localization import summarize_localization
 from spinegrade.inference.localize import localization_errors
 from spinegrade.inference.predict import PredictResult
@@ -34,7 +34,7 @@ def predict_report(
     series: pd.DataFrame,
     result: PredictResult,
     prior_solution: pd.DataFrame,
-    settings: EvaluateConfig,
+    settings: IntervalSettings,
     solution: pd.DataFrame | None = None,
 ) -> PredictReport:
     """Counts (studies, rows, points found, warnings) and, with ``solution``, the scores.
@@ -44,7 +44,7 @@ def predict_report(
         result: ``predict_studies``' result; with ``solution`` it must hold ``at_labels``
             (predicted with the labelled coordinates).
         prior_solution: the training labels' solution rows (the class prior).
-        settings: the evaluate params (bootstrap resamples, seed and level).
+        settings: the bootstrap resamples, seed and level (the predict params).
         solution: the answers (scoring.metrics solution rows), when known; then the report
             also holds ``rsna_score`` and ``rsna_score_ci`` of ``localized``,
             ``labelled_points`` and ``class_prior``, and ``localization`` (point error).
