@@ -5,9 +5,9 @@ before temperature scaling), calibration error, macro recall, macro F1, the mode
 score, each with its study-level bootstrap interval, GFLOPs per image (torch flop_counter
 at the crops' size and channel count, multiply-add = 2 FLOPs), parameters, recall per
 GFLOP, and a verdict against the group's best model (best / worse / not distinguishable,
-by the paired bootstrap). Writes CSV and Markdown tables, a pairwise CSV, a DVC metric
-(which predict reads to choose each group's model), the choice per group (--choice, a
-cached DVC output, so a fresh clone runs this stage too) and a recall-vs-GFLOPs plot. MLflow
+by the paired bootstrap). Writes CSV and Markdown tables, a pairwise CSV, a DVC metric,
+the choice per group (--choice: only the model per group, what predict reads; a cached DVC
+output, so a fresh clone runs this stage too) and a recall-vs-GFLOPs plot. MLflow
 run "compare-backbones" holds the tables and the plot as artifacts, and the pipeline's fold
 runs as table fold_runs.json. In MLflow too: one run per table row in experiment
 "{experiment}-comparison" (the view `make ui` opens), and each group's best model registered
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--choice",
         default="data/compare-backbones/choice.json",
-        help="the model chosen per group and its rsna group term (a cached DVC output)",
+        help="the model chosen per group, what predict reads (a cached DVC output)",
     )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             args.evaluated,
             cfg,
         )
-        chosen = ", ".join(f"{g} {c['model']}" for g, c in choice.items())
+        chosen = ", ".join(f"{g} {m}" for g, m in choice.items())
         summary(f"chosen per group: {chosen} (registered @champion) -> {md}, {png}")
 
     return run(body)

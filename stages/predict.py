@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="models", help="train-per-condition outputs")
     parser.add_argument("--localizers", default="localizers", help="train-localizer outputs")
     parser.add_argument(
-        "--selection", default="reports/compare-backbones.json", help="compare-backbones report"
+        "--selection",
+        default="data/compare-backbones/choice.json",
+        help="compare-backbones' choice: the model per group",
     )
     parser.add_argument("--out", default="data/predict", help="output directory")
     parser.add_argument("--report", default="reports/predict.json", help="report (DVC metric)")

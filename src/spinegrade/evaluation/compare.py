@@ -172,13 +172,13 @@ def comparison_metrics(table: pd.DataFrame) -> dict[str, dict]:
     }
 
 
-def chosen_models(table: pd.DataFrame) -> dict[str, dict]:
-    """Group -> the model its verdict ranks best and that model's rsna group term: the
-    choice predict grades with and the Model Registry holds, groups in table order."""
+def chosen_models(table: pd.DataFrame) -> dict[str, str]:
+    """Group -> the model its verdict ranks best: the choice predict grades with and the
+    Model Registry holds, groups in table order. Only the model (its numbers are in the
+    table): a change that moves them but not the choice leaves this file, and so predict,
+    as it was."""
     best = table[table["verdict"] == BEST]
-    return {
-        r.group: {"model": r.model, "rsna_group_term": r.rsna_group_term} for r in best.itertuples()
-    }
+    return {r.group: r.model for r in best.itertuples()}
 
 
 def _ci(value: float, low: float, high: float) -> str:

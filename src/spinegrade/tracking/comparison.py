@@ -165,7 +165,7 @@ def log_compare_backbones(
     params_path: str | Path,
     data_paths: list[str],
     table: pd.DataFrame,
-    choice: dict[str, dict],
+    choice: dict[str, str],
     reports: list[Path],
     models: str | Path,
     evaluated: str | Path,
@@ -185,8 +185,7 @@ def log_compare_backbones(
         params_path: the params file (one of the keys of the pipeline's parent run).
         data_paths: the data the stage's run names by DVC hash (provenance only).
         table: compare-backbones' table (``evaluation.compare.comparison_table``).
-        choice: group -> {"model": ...}, the models to register
-            (``evaluation.compare.chosen_models``).
+        choice: group -> the model to register (``evaluation.compare.chosen_models``).
         reports: files to log as the stage run's artifacts.
         models: the training outputs, ``{group}/{backbone}/`` (out-of-fold tables and
             the files a registered version holds).
@@ -205,8 +204,7 @@ def log_compare_backbones(
             comparison_datasets(table, models, evaluated, train),
             {k: v for k, v in active.data.tags.items() if k.startswith(("dvc.", "git_"))},
         )
-        for group, chosen in choice.items():
-            model = chosen["model"]
+        for group, model in choice.items():
             members = train.backbones if model == vocab.ENSEMBLE else [model]
             register_choice(
                 experiment,
