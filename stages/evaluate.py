@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--calibration", default="reports/calibration", help="reliability diagrams (DVC plots)"
     )
-    parser.add_argument("--report", default="reports/evaluate.json", help="report (DVC metric)")
+    parser.add_argument("--report", default="reports/evaluate.json", help="report")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 

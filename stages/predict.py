@@ -33,7 +33,7 @@ from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
-from spinegrade.evaluation.predict import predict_report, review_summary
+from spinegrade.evaluation.predict import held_out_headline, predict_report, review_summary
 from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
 from spinegrade.scoring.metrics import solution_from_wide
 from spinegrade.tracking.predict import log_predict
@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         help="compare-backbones' choice: the model per group",
     )
     parser.add_argument("--out", default="data/predict", help="output directory")
-    parser.add_argument("--report", default="reports/predict.json", help="report (DVC metric)")
+    parser.add_argument("--report", default="reports/predict.json", help="report")
+    parser.add_argument(
+        "--summary",
+        default="reports/metrics/held-out.json",
+        help="the headline numbers (the DVC metric)",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     review_summary(scored.report),
                 )
         write_json(args.report, scored.report)
+        write_json(args.summary, held_out_headline(scored.report))
         logged = ["submission.csv", "points.csv", "warnings.txt"]
         logged += ["review.html"] if cfg.review else []
         log_predict(

@@ -32,7 +32,7 @@ from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
 from spinegrade.evaluation.localization import summarize_localization
-from spinegrade.evaluation.predict import predict_report, review_summary
+from spinegrade.evaluation.predict import held_out_headline, predict_report, review_summary
 from spinegrade.inference.explain import cam_layer, grad_cam
 from spinegrade.inference.grading import Grader, Member, load_graders, select_backbones
 from spinegrade.inference.localize import (
@@ -244,6 +244,7 @@ def test_the_report_scores_the_submission_beside_its_references_when_the_answers
         "warnings": len(found.warnings),
     }
     assert review_summary(counts.report) == {}
+    assert held_out_headline(counts.report) == {}  # nothing to score without the answers
     solution = solution_from_wide(read_labels(tiny_dataset / TEST_LABELS_CSV))
     with pytest.raises(ValueError, match="labelled coordinates"):
         predict_report(series, found, bundle.prior_solution, settings, solution)
@@ -256,6 +257,10 @@ def test_the_report_scores_the_submission_beside_its_references_when_the_answers
     for name, ci in report["rsna_score_ci"].items():
         assert ci["score"]["estimate"] == pytest.approx(report["rsna_score"][name]["score"])
     assert report["localization"]["all"]["points"] == len(scored.errors) > 0
+    assert held_out_headline(report) == {  # predict's metrics summary, from its report
+        "rsna_score": report["rsna_score"]["localized"]["score"],
+        "point_error_mm_median": report["localization"]["all"]["error_mm_median"],
+    }
     assert list(review_summary(report)) == [
         "rsna score, localized",
         "rsna score, labelled points",

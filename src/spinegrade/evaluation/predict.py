@@ -23,7 +23,7 @@ from spinegrade.scoring.metrics import class_prior_submission, rsna_score
 
 @dataclass
 class PredictReport:
-    """predict's report (a DVC metric) and, when the answers were known, the error of each
+    """predict's report and, when the answers were known, the error of each
     localized point that has a labelled one (``localization_errors``)."""
 
     report: dict
@@ -72,6 +72,19 @@ def predict_report(
     }
     report["localization"] = summarize_localization(errors)
     return PredictReport(report, errors)
+
+
+def held_out_headline(report: dict) -> dict[str, float]:
+    """predict's metrics summary, what DVC compares across experiments
+    (reports/metrics/held-out.json; the report itself is an output, not a metric): the rsna
+    score of the submission graded at the points the localizers found (end to end) and
+    the localizers' median point error in mm. Empty when the answers are unknown."""
+    if "rsna_score" not in report:
+        return {}
+    return {
+        "rsna_score": float(report["rsna_score"]["localized"]["score"]),
+        "point_error_mm_median": float(report["localization"]["all"]["error_mm_median"]),
+    }
 
 
 def review_summary(report: dict) -> dict[str, str]:

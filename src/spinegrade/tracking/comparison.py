@@ -170,8 +170,9 @@ def log_compare_backbones(
     models: str | Path,
     evaluated: str | Path,
     train: TrainPerConditionConfig,
-) -> None:
-    """Everything compare-backbones logs to MLflow.
+) -> str:
+    """Everything compare-backbones logs to MLflow; returns the pipeline's parent run id
+    (the stage's metrics summary records it).
 
     Run ``compare-backbones`` under the pipeline's parent run holds ``reports`` as
     artifacts and the pipeline's fold runs as table ``fold_runs.json``; the comparison
@@ -191,6 +192,9 @@ def log_compare_backbones(
             the files a registered version holds).
         evaluated: evaluate's output (the ensemble's out-of-fold tables).
         train: the train-per-condition params (groups, backbones).
+
+    Returns:
+        The id of the MLflow parent run this stage's run is nested under.
     """
     with child_run(experiment, params_path, data_paths, "compare-backbones", "compare") as active:
         experiment_id = active.info.experiment_id
@@ -222,3 +226,4 @@ def log_compare_backbones(
             mlflow.log_table(
                 runs.drop(columns=["start_time", "end_time"], errors="ignore"), "fold_runs.json"
             )
+    return parent
