@@ -128,8 +128,15 @@ def test_evaluate_reports_the_official_score_and_metrics(pipeline):
     assert "score" in report["class_prior_baseline"]
     confusions = list((pipeline / "reports" / "confusion").glob("*.csv"))
     assert len(confusions) == len(p["groups"]) * (len(p["backbones"]) + 1)  # + the ensemble
+    # per group a PNG, and per (group, model) the calibrated points for `dvc plots diff`
     plots = {f.name for f in (pipeline / "reports" / "calibration").iterdir()}
-    assert plots == {f"{g}.png" for g in p["groups"]}
+    models = [*p["backbones"], vocab.ENSEMBLE]
+    assert plots == {f"{g}.png" for g in p["groups"]} | {
+        f"{g}-{m}.csv" for g in p["groups"] for m in models
+    }
+    points = pd.read_csv(pipeline / "reports" / "calibration" / f"spinal-{vocab.ENSEMBLE}.csv")
+    assert list(points.columns) == ["bin", "confidence", "accuracy", "count"]
+    assert points["confidence"].between(0, 1).all() and (points["count"] > 0).all()
 
 
 @pytest.mark.slow
