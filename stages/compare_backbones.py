@@ -5,13 +5,16 @@ before temperature scaling), calibration error, macro recall, macro F1, the mode
 score, each with its study-level bootstrap interval, GFLOPs per image (torch flop_counter
 at the crops' size and channel count, multiply-add = 2 FLOPs), parameters, recall per
 GFLOP, and a verdict against the group's best model (best / worse / not distinguishable,
-by the paired bootstrap). Writes CSV and Markdown tables, a pairwise CSV, a DVC metric
-(which predict reads to choose each group's model), the choice per group (--choice, a
-cached DVC output, so a fresh clone runs this stage too) and a recall-vs-GFLOPs plot. MLflow
-run "compare-backbones" holds the tables and the plot as artifacts, and the pipeline's fold
-runs as table fold_runs.json. In MLflow too: one run per table row in experiment
-"{experiment}-comparison" (the view `make ui` opens), and each group's best model registered
-as "{experiment}-{group}" with alias "champion" (tracking.registry).
+by the paired bootstrap). Writes CSV, JSON and Markdown tables, a pairwise CSV, a
+recall-vs-GFLOPs plot, the choice per group (--choice: only the model per group, what
+predict reads; a cached DVC output, so a fresh clone runs this stage too) and the metrics
+summary DVC compares across experiments (--summary: per group the chosen model and its
+rsna group term with its interval, per model the rsna score and the mean macro recall,
+and the MLflow parent run's id). MLflow run "compare-backbones" holds the tables and the
+plot as artifacts, and the pipeline's fold runs as table fold_runs.json. In MLflow too:
+one run per table row in experiment "{experiment}-comparison" (the view `make ui` opens),
+and each group's best model registered as "{experiment}-{group}" with alias "champion"
+(tracking.registry).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from spinegrade.evaluation.compare import (
     chosen_models,
     comparison_metrics,
     comparison_table,
+    headline,
     paired_table,
     recall_gflops_figure,
     to_markdown,
@@ -54,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--choice",
         default="data/compare-backbones/choice.json",
-        help="the model chosen per group and its rsna group term (a cached DVC output)",
+        help="the model chosen per group, what predict reads (a cached DVC output)",
+    )
+    parser.add_argument(
+        "--summary",
+        default="reports/metrics/comparison.json",
+        help="the headline numbers (the DVC metric)",
     )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(png) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
-        log_compare_backbones(
+        parent = log_compare_backbones(
             params.mlflow.experiment,
             args.params,
             [args.crops, args.folds],
@@ -94,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             args.evaluated,
             cfg,
         )
-        chosen = ", ".join(f"{g} {c['model']}" for g, c in choice.items())
-        summary(f"chosen per group: {chosen} (registered @champion) -> {md}, {png}")
+        write_json(args.summary, headline(table, parent))
+        chosen = ", ".join(f"{g} {m}" for g, m in choice.items())
+        summary(f"chosen per group: {chosen} (registered @champion) -> {md}, {png}, {args.summary}")
 
     return run(body)
 

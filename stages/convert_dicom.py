@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--ingest", default="data/ingest", help="ingest's output directory")
     parser.add_argument("--out", default="data/volumes", help="output directory")
-    parser.add_argument(
-        "--report", default="reports/convert-dicom.json", help="report (DVC metric)"
-    )
+    parser.add_argument("--report", default="reports/convert-dicom.json", help="report")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--volumes", default="data/volumes", help="convert-dicom's output directory"
     )
     parser.add_argument("--out", default="data/crops", help="output directory")
-    parser.add_argument("--report", default="reports/crop-rois.json", help="report (DVC metric)")
+    parser.add_argument("--report", default="reports/crop-rois.json", help="report")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 

@@ -5,8 +5,10 @@ under ``models``, per model (each backbone, and their ensemble) its rsna score a
 terms, raw and calibrated, with intervals, and per group accuracy, macro and per-class
 recall/precision/F1, confusion matrix, expected calibration error before and after
 temperature scaling and bootstrap intervals; under ``paired``, per group, each pair of
-models' paired differences; and the class-prior baseline. Also writes confusion tables and
-reliability diagrams for DVC plots, and each model's 25-row-per-study OOF submission under
+models' paired differences; and the class-prior baseline. Also writes, for DVC plots,
+confusion tables and reliability diagrams (per group a PNG of every model before and after
+temperature scaling, and per (group, model) a CSV of its calibrated points: bin,
+confidence, accuracy, count), and each model's 25-row-per-study OOF submission under
 --out.
 """
 
@@ -43,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="data/evaluate", help="submissions directory")
     parser.add_argument("--plots", default="reports/confusion", help="confusion tables (DVC plots)")
     parser.add_argument(
-        "--calibration", default="reports/calibration", help="reliability diagrams (DVC plots)"
+        "--calibration",
+        default="reports/calibration",
+        help="reliability diagrams, as PNGs and as data (DVC plots)",
     )
-    parser.add_argument("--report", default="reports/evaluate.json", help="report (DVC metric)")
+    parser.add_argument("--report", default="reports/evaluate.json", help="report")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 fig.savefig(tmp / f"{group}.png", format="png", dpi=110)
                 plt.close(fig)
+                for m in models:  # the calibrated points as data, for `dvc plots diff`
+                    points = pd.DataFrame(result.reliability[(group, m)]["calibrated"])
+                    write_csv(tmp / f"{group}-{m}.csv", points)
         write_json(args.report, result.report)
 
         with tracking.child_run(

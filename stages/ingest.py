@@ -26,7 +26,7 @@ SECTIONS = (DataConfig, IngestConfig)
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", default="data/ingest", help="output directory")
-    parser.add_argument("--report", default="reports/ingest.json", help="report (DVC metric)")
+    parser.add_argument("--report", default="reports/ingest.json", help="report")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 

@@ -7,10 +7,11 @@ compare-backbones chose per group (a backbone or the ensemble), and writes
 the images), it scores the submission with the official metric next to two references: the
 same graders cropping at the labelled coordinates (what localization costs) and the class
 prior (what learning gains), and measures the localizers' point error in mm. Each score gets
-a study-level bootstrap interval (the evaluate params' resamples, seed and level). All of it
-goes to --report (a DVC metric) and to an MLflow run "predict" under the pipeline's parent
-run. With predict.review, --out/review.html is the review page of every test study (the
-MLflow run holds it too, and the MLflow UI shows it inline).
+a study-level bootstrap interval (predict's own resamples, seed and level: evaluate's are the
+out-of-fold intervals, and changing them does not re-run this stage). All of it goes to
+--report and to an MLflow run "predict" under the pipeline's parent run. With
+predict.review, --out/review.html is the review page of every test study (the MLflow run
+holds it too, and the MLflow UI shows it inline).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import pandas as pd
 from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.engine import EngineConfig
-from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.mlflow import MlflowConfig
 from spinegrade.core.config.predict import PredictConfig
 from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
@@ -33,7 +33,7 @@ from spinegrade.core.io import atomic_dir, atomic_path, write_csv, write_json
 from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
-from spinegrade.evaluation.predict import predict_report, review_summary
+from spinegrade.evaluation.predict import held_out_headline, predict_report, review_summary
 from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
 from spinegrade.scoring.metrics import solution_from_wide
 from spinegrade.tracking.predict import log_predict
@@ -44,7 +44,6 @@ SECTIONS = (
     EngineConfig,
     TrainPerConditionConfig,
     CropConfig,
-    EvaluateConfig,
     MlflowConfig,
 )
 
@@ -56,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="models", help="train-per-condition outputs")
     parser.add_argument("--localizers", default="localizers", help="train-localizer outputs")
     parser.add_argument(
-        "--selection", default="reports/compare-backbones.json", help="compare-backbones report"
+        "--selection",
+        default="data/compare-backbones/choice.json",
+        help="compare-backbones' choice: the model per group",
     )
     parser.add_argument("--out", default="data/predict", help="output directory")
-    parser.add_argument("--report", default="reports/predict.json", help="report (DVC metric)")
+    parser.add_argument("--report", default="reports/predict.json", help="report")
+    parser.add_argument(
+        "--summary",
+        default="reports/metrics/held-out.json",
+        help="the headline numbers (the DVC metric)",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -84,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 explain_dir=tmp / "explain" if cfg.explain else None,
                 review=cfg.review,
             )
-            scored = predict_report(
-                series, result, bundle.prior_solution, params.evaluate, solution
-            )
+            scored = predict_report(series, result, bundle.prior_solution, cfg, solution)
             write_csv(tmp / "submission.csv", result.submission)
             write_csv(tmp / "points.csv", result.points)
             write_json(tmp / "selection.json", bundle.selection)
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     review_summary(scored.report),
                 )
         write_json(args.report, scored.report)
+        write_json(args.summary, held_out_headline(scored.report))
         logged = ["submission.csv", "points.csv", "warnings.txt"]
         logged += ["review.html"] if cfg.review else []
         log_predict(

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--labels", default="data/ingest/labels.csv", help="ingest's label table")
     parser.add_argument("--out", default="data/folds.csv", help="output table")
-    parser.add_argument("--report", default="reports/split-folds.json", help="report (DVC metric)")
+    parser.add_argument("--report", default="reports/split-folds.json", help="report")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 

@@ -19,6 +19,7 @@ from spinegrade.evaluation.compare import (
     comparison_metrics,
     comparison_table,
     display_order,
+    headline,
     to_markdown,
 )
 from spinegrade.evaluation.evaluate import ensemble_table, evaluate
@@ -319,11 +320,31 @@ def test_comparison_table_marks_what_it_cannot_rank():
         verdict = table[table["group"] == group].set_index("model")["verdict"]
         assert verdict.to_dict() == {"b": "best", "twin": "not distinguishable", "a": "worse"}
     assert not ev["paired"]["spinal"]["b-vs-twin"]["rsna_term"]["distinguishable"]
-    # the choice (predict's, the registry's) is each group's best row; the DVC metric
+    # the choice (predict's, the registry's) is each group's best row; the JSON report
     # holds every row under "{group}.{model}"
-    assert chosen_models(table) == {
-        g: {"model": "b", "rsna_group_term": ev["models"]["b"]["rsna"][g]} for g in vocab.GROUPS
-    }
+    assert chosen_models(table) == dict.fromkeys(vocab.GROUPS, "b")
+    # the metrics summary DVC compares: the choice with its term and interval per group,
+    # the score and the mean macro recall per model, and the MLflow parent run
+    summary = headline(table, "0123abcd")
+    assert summary["mlflow_parent_run"] == "0123abcd"
+    for group, chosen in summary["groups"].items():
+        row = table[(table["group"] == group) & (table["model"] == "b")].iloc[0]
+        assert chosen == {
+            "model": "b",
+            "rsna_group_term": row["rsna_group_term"],
+            "rsna_group_term_low": row["rsna_group_term_low"],
+            "rsna_group_term_high": row["rsna_group_term_high"],
+        }
+    assert list(summary["groups"]) == list(vocab.GROUPS)
+    for model in models:
+        rows = table[table["model"] == model]
+        assert summary["models"][model] == {
+            "rsna_score": pytest.approx(ev["models"][model]["rsna"]["score"]),
+            "mean_macro_recall": pytest.approx(rows["macro_recall"].mean()),
+        }
+    numbers = [v for d in summary["groups"].values() for v in d.values() if isinstance(v, float)]
+    numbers += [v for d in summary["models"].values() for v in d.values()]
+    assert len(numbers) == 3 * len(vocab.GROUPS) + 2 * len(models)
     metrics = comparison_metrics(table)
     assert set(metrics) == {f"{g}.{m}" for g in vocab.GROUPS for m in models}
     assert set(metrics["spinal.twin"]) == set(COLUMNS[2:])

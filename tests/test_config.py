@@ -66,6 +66,10 @@ def test_repository_params_load():
             r"train-localizer\.inputs\.axial_t2: image_px must be a multiple of 32",
         ),
         ("predict:\n  on_error: ignore\n", r"predict\.on_error: expected one of"),
+        # the two sections that draw bootstrap intervals check them under their own key
+        ("evaluate:\n  bootstrap_resamples: 50\n", r"evaluate\.bootstrap_resamples must be >= 100"),
+        ("predict:\n  bootstrap_resamples: 50\n", r"predict\.bootstrap_resamples must be >= 100"),
+        ("predict:\n  ci_level: 1.5\n", r"predict\.ci_level must be in \[0\.5, 1\), got 1\.5"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, match):

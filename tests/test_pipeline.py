@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -127,8 +128,15 @@ def test_evaluate_reports_the_official_score_and_metrics(pipeline):
     assert "score" in report["class_prior_baseline"]
     confusions = list((pipeline / "reports" / "confusion").glob("*.csv"))
     assert len(confusions) == len(p["groups"]) * (len(p["backbones"]) + 1)  # + the ensemble
+    # per group a PNG, and per (group, model) the calibrated points for `dvc plots diff`
     plots = {f.name for f in (pipeline / "reports" / "calibration").iterdir()}
-    assert plots == {f"{g}.png" for g in p["groups"]}
+    models = [*p["backbones"], vocab.ENSEMBLE]
+    assert plots == {f"{g}.png" for g in p["groups"]} | {
+        f"{g}-{m}.csv" for g in p["groups"] for m in models
+    }
+    points = pd.read_csv(pipeline / "reports" / "calibration" / f"spinal-{vocab.ENSEMBLE}.csv")
+    assert list(points.columns) == ["bin", "confidence", "accuracy", "count"]
+    assert points["confidence"].between(0, 1).all() and (points["count"] > 0).all()
 
 
 @pytest.mark.slow
@@ -250,10 +258,122 @@ def test_comparison_runs_and_the_registered_choice(pipeline):
         version = client.get_model_version_by_alias(f"{name}-{group}", "champion")
         assert version.tags["model"] == best
     choice = json.loads((pipeline / "data" / "compare-backbones" / "choice.json").read_text())
-    assert {g: c["model"] for g, c in choice.items()} == {
+    assert choice == {  # only the model per group: what predict reads
         g: client.get_model_version_by_alias(f"{name}-{g}", "champion").tags["model"]
         for g in p["groups"]
     }
+
+
+def _numbers(tree) -> list[float]:
+    """The numeric leaves of a parsed JSON tree (booleans are not numbers here)."""
+    if isinstance(tree, dict):
+        return [n for v in tree.values() for n in _numbers(v)]
+    if isinstance(tree, list):
+        return [n for v in tree for n in _numbers(v)]
+    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+@pytest.mark.slow
+def test_dvc_compares_a_headline_that_equals_the_reports(pipeline):
+    """`dvc metrics show` (what `dvc exp show` and `dvc metrics diff` compare) holds the two
+    summaries, at most 30 numbers, and each equals the report it summarizes."""
+    proc = run_dvc(pipeline, "metrics", "show", "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)[""]["data"]  # "": the workspace
+    comparison = shown["reports/metrics/comparison.json"]["data"]
+    held_out = shown["reports/metrics/held-out.json"]["data"]
+    assert len(shown) == 2
+    assert len(_numbers(comparison)) + len(_numbers(held_out)) <= 30
+    report = json.loads((pipeline / "reports" / "compare-backbones.json").read_text())
+    rows = {tuple(key.split(".", 1)): row for key, row in report.items()}  # (group, model)
+    p = _params(pipeline)["train-per-condition"]
+    assert sorted(comparison["groups"]) == sorted(p["groups"])
+    for group, chosen in comparison["groups"].items():
+        row = rows[(group, chosen["model"])]
+        assert row["verdict"] == "best"
+        for key in ("rsna_group_term", "rsna_group_term_low", "rsna_group_term_high"):
+            assert chosen[key] == pytest.approx(row[key]), (group, key)
+    assert sorted(comparison["models"]) == sorted([*p["backbones"], vocab.ENSEMBLE])
+    for model, numbers in comparison["models"].items():
+        mine = [r for (_, m), r in rows.items() if m == model]
+        assert numbers["rsna_score"] == pytest.approx(mine[0]["rsna_score"])
+        recall = sum(r["macro_recall"] for r in mine) / len(mine)  # the mean over groups
+        assert numbers["mean_macro_recall"] == pytest.approx(recall)
+    choice = json.loads((pipeline / "data" / "compare-backbones" / "choice.json").read_text())
+    assert choice == {g: c["model"] for g, c in comparison["groups"].items()}
+    predicted = json.loads((pipeline / "reports" / "predict.json").read_text())
+    assert held_out == {
+        "rsna_score": pytest.approx(predicted["rsna_score"]["localized"]["score"]),
+        "point_error_mm_median": pytest.approx(predicted["localization"]["all"]["error_mm_median"]),
+    }
+    # one lookup from the summary back to MLflow: the pipeline's parent run
+    client = MlflowClient(f"sqlite:///{pipeline / 'mlruns' / 'mlflow.db'}")
+    parent = client.get_run(comparison["mlflow_parent_run"])
+    assert parent.data.tags["spinegrade.role"] == "parent"
+    assert (
+        parent.info.experiment_id
+        == client.get_experiment_by_name(_params(pipeline)["mlflow"]["experiment"]).experiment_id
+    )
+
+
+def test_only_the_summaries_are_dvc_metrics():
+    """Every stage report stays an output, committed and not cached, but only the two
+    summaries under reports/metrics/ are declared metrics."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    metrics = {
+        path: props
+        for stage in stages.values()
+        for entry in stage.get("metrics", [])
+        for path, props in entry.items()
+    }
+    assert metrics == {
+        "reports/metrics/comparison.json": {"cache": False},
+        "reports/metrics/held-out.json": {"cache": False},
+    }
+    reports = {
+        path: props
+        for stage in stages.values()
+        for entry in stage.get("outs", [])
+        if isinstance(entry, dict)
+        for path, props in entry.items()
+        if path.startswith("reports/")
+    }
+    for name in ("ingest", "convert-dicom", "crop-rois", "split-folds", "evaluate", "predict"):
+        assert reports[f"reports/{name}.json"] == {"cache": False}, name
+    assert reports["reports/compare-backbones.json"] == {"cache": False}
+
+
+@pytest.mark.slow
+def test_new_intervals_rerun_evaluate_and_compare_but_not_predict(pipeline, tmp_path):
+    """Changing evaluate.bootstrap_resamples moves the intervals, not the chosen models:
+    evaluate and compare-backbones re-run, and predict, which reads only the choice, does
+    not."""
+    work = copy_workspace(pipeline, tmp_path / "work")
+    # a store of its own: the copied one's artifact location is the session pipeline's
+    shutil.rmtree(work / "mlruns")
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    choice = (work / "data" / "compare-backbones" / "choice.json").read_text()
+    params = _params(work)
+    params["evaluate"]["bootstrap_resamples"] = 200
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_dvc(work, "repro")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert after["evaluate"]["params"]["params.yaml"]["evaluate"]["bootstrap_resamples"] == 200
+    assert after["evaluate"] != lock["evaluate"]
+    assert after["compare-backbones"] != lock["compare-backbones"]
+    assert after["predict"] == lock["predict"]
+    assert "Running stage 'evaluate'" in proc.stdout
+    assert "Running stage 'compare-backbones'" in proc.stdout
+    assert "Running stage 'predict'" not in proc.stdout
+    assert (work / "data" / "compare-backbones" / "choice.json").read_text() == choice
+    report = json.loads((work / "reports" / "evaluate.json").read_text())
+    assert report["bootstrap"]["resamples"] == 200
+    # the summary names the new parent run, in the copy's own store
+    summary = json.loads((work / "reports" / "metrics" / "comparison.json").read_text())
+    client = MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    assert client.get_run(summary["mlflow_parent_run"]).data.tags["spinegrade.role"] == "parent"
+    assert "up to date" in run_dvc(work, "status").stdout
 
 
 def test_every_stage_that_logs_to_mlflow_runs_in_a_fresh_clone():

@@ -24,15 +24,15 @@ from safetensors.torch import save_file
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
 from spinegrade.core.config.crop_rois import CropConfig
-from spinegrade.core.config.evaluate import EvaluateConfig
 from spinegrade.core.config.localizer_input import LocalizerInput
+from spinegrade.core.config.predict import PredictConfig
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.core.errors import DataError
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
 from spinegrade.evaluation.localization import summarize_localization
-from spinegrade.evaluation.predict import predict_report, review_summary
+from spinegrade.evaluation.predict import held_out_headline, predict_report, review_summary
 from spinegrade.inference.explain import cam_layer, grad_cam
 from spinegrade.inference.grading import Grader, Member, load_graders, select_backbones
 from spinegrade.inference.localize import (
@@ -235,7 +235,7 @@ def test_the_report_scores_the_submission_beside_its_references_when_the_answers
     tiny_dataset, bundle, predicted, predicted_with_labels
 ):
     series, found, _ = predicted
-    settings = EvaluateConfig(bootstrap_resamples=100)
+    settings = PredictConfig(bootstrap_resamples=100)
     counts = predict_report(series, found, bundle.prior_solution, settings)
     assert counts.errors is None and counts.report == {
         "studies": series["study_id"].nunique(),
@@ -244,6 +244,7 @@ def test_the_report_scores_the_submission_beside_its_references_when_the_answers
         "warnings": len(found.warnings),
     }
     assert review_summary(counts.report) == {}
+    assert held_out_headline(counts.report) == {}  # nothing to score without the answers
     solution = solution_from_wide(read_labels(tiny_dataset / TEST_LABELS_CSV))
     with pytest.raises(ValueError, match="labelled coordinates"):
         predict_report(series, found, bundle.prior_solution, settings, solution)
@@ -256,6 +257,10 @@ def test_the_report_scores_the_submission_beside_its_references_when_the_answers
     for name, ci in report["rsna_score_ci"].items():
         assert ci["score"]["estimate"] == pytest.approx(report["rsna_score"][name]["score"])
     assert report["localization"]["all"]["points"] == len(scored.errors) > 0
+    assert held_out_headline(report) == {  # predict's metrics summary, from its report
+        "rsna_score": report["rsna_score"]["localized"]["score"],
+        "point_error_mm_median": report["localization"]["all"]["error_mm_median"],
+    }
     assert list(review_summary(report)) == [
         "rsna score, localized",
         "rsna score, labelled points",
@@ -281,11 +286,19 @@ def test_submission_rows_fill_ungraded_rows_with_the_prior_and_renormalize():
     assert out.iloc[1:][list(vocab.SEVERITY_COLUMNS)].eq([0.5, 0.3, 0.2]).all().all()
 
 
-def test_select_backbones_picks_the_lowest_group_term():
+def test_select_backbones_reads_the_choice_and_the_comparison_report():
+    """predict reads compare-backbones' choice (group -> model); the comparison report
+    (keys {group}.{model}) still works and gives the lowest group term; anything else is
+    one error naming the file."""
+    choice = {"spinal": "b", "foraminal": "ensemble", "subarticular": "a"}
+    assert select_backbones(choice, ["spinal", "foraminal"]) == {
+        "spinal": "b",
+        "foraminal": "ensemble",
+    }
     comparison = {
-        "spinal.a": {"rsna_group_term": 0.3},
-        "spinal.b": {"rsna_group_term": 0.2},
-        "foraminal.a": {"rsna_group_term": 0.1},
+        "spinal.a": {"verdict": "worse", "rsna_group_term": 0.3},
+        "spinal.b": {"verdict": "best", "rsna_group_term": 0.2},
+        "foraminal.a": {"verdict": "best", "rsna_group_term": 0.1},
     }
     assert select_backbones(comparison, ["spinal", "foraminal"]) == {
         "spinal": "b",
@@ -293,6 +306,12 @@ def test_select_backbones_picks_the_lowest_group_term():
     }
     with pytest.raises(DataError, match="subarticular"):
         select_backbones(comparison, ["subarticular"])
+    with pytest.raises(DataError, match=r"^choice\.json: no model chosen for group 'foraminal'"):
+        select_backbones({"spinal": "b"}, ["spinal", "foraminal"], "choice.json")
+    old_choice = {"spinal": {"model": "b", "rsna_group_term": 0.2}}  # model and term: refused
+    for bad in (old_choice, {}, ["spinal"], {"spinal.a": 0.3}):
+        with pytest.raises(DataError, match=r"^x\.json: neither compare-backbones' choice"):
+            select_backbones(bad, ["spinal"], "x.json")
 
 
 def test_grader_calibrates_each_fold_model_and_averages_backbones():
@@ -335,7 +354,7 @@ def test_series_csv_errors_name_the_file_and_row(tmp_path):
 def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
     """Model files as a finished `dvc repro` leaves them (untrained weights)."""
     torch.manual_seed(0)
-    comparison = {}
+    choice = {}
     for g in vocab.GROUPS:
         d = root / "models" / g / BACKBONE
         d.mkdir(parents=True)
@@ -344,7 +363,7 @@ def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
             str(d / "fold0.safetensors"),
         )
         (d / "metrics.json").write_text(json.dumps({"folds": {"fold0": {"temperature": 1.5}}}))
-        comparison[f"{g}.{BACKBONE}"] = {"rsna_group_term": 0.5}
+        choice[g] = BACKBONE
     for slug, loc in _localizers().items():
         d = root / "localizers" / slug
         d.mkdir(parents=True)
@@ -364,7 +383,7 @@ def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
         (d / "localizer.json").write_text(json.dumps(meta))
         state = {k: v.contiguous() for k, v in loc.model.state_dict().items()}
         save_file(state, str(d / "weights.safetensors"))
-    (root / "compare.json").write_text(json.dumps(comparison))
+    (root / "choice.json").write_text(json.dumps(choice))
     tiny_ingest.labels.to_csv(root / "labels.csv", index=False)
     params = {
         "crop-rois": {"slices": CROP.slices, "size_px": CROP.size_px},
@@ -387,7 +406,7 @@ def _cli(tiny_dataset: Path, tmp_path: Path, **options: str) -> list[str]:
         "out": str(tmp_path / "s.csv"),
         "models": str(tmp_path / "models"),
         "localizers": str(tmp_path / "localizers"),
-        "selection": str(tmp_path / "compare.json"),
+        "selection": str(tmp_path / "choice.json"),
         "labels": str(tmp_path / "labels.csv"),
         "params": str(tmp_path / "params.yaml"),
         **options,
@@ -457,6 +476,12 @@ def test_predict_command_errors_are_one_clear_line(tiny_dataset, tiny_ingest, tm
     _write_models(tmp_path, tiny_ingest)
     assert spinegrade_main(_cli(tiny_dataset, tmp_path, selection=str(tmp_path / "x.json"))) == 1
     assert "x.json" in caplog.text and "dvc repro" in caplog.text
+    old = tmp_path / "old-choice.json"  # the model with its term: not a choice predict reads
+    old.write_text(
+        json.dumps({g: {"model": BACKBONE, "rsna_group_term": 0.5} for g in vocab.GROUPS})
+    )
+    assert spinegrade_main(_cli(tiny_dataset, tmp_path, selection=str(old))) == 1
+    assert "old-choice.json: neither compare-backbones' choice" in caplog.text
     shutil.rmtree(tmp_path / "localizers" / "axial_t2")
     assert spinegrade_main(_cli(tiny_dataset, tmp_path)) == 1
     assert "axial_t2" in caplog.text

@@ -86,8 +86,9 @@ probabilities summing to 1).
   --images   a test_images-style tree: DIR/{study_id}/{series_id}/{instance}.dcm
   --series   test_series_descriptions.csv format: study_id,series_id,series_description
 
-Models come from a finished `dvc repro` (models/, localizers/,
-reports/compare-backbones.json), or with --registry the graders from the MLflow Model
+Models come from a finished `dvc repro` (models/, localizers/, and the model
+compare-backbones chose per group: data/compare-backbones/choice.json, or its comparison
+report reports/compare-backbones.json), or with --registry the graders from the MLflow Model
 Registry: per group, the version compare-backbones registered as
 `{experiment}-{group}@champion` (from the store MLFLOW_TRACKING_URI names, else the
 workspace's). The class prior for rows that cannot be graded (a series
@@ -249,8 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pred.add_argument(
         "--selection",
-        default="reports/compare-backbones.json",
-        help="compare-backbones report that picks each group's backbone (default: %(default)s)",
+        default="data/compare-backbones/choice.json",
+        help="compare-backbones' choice of model per group, or its comparison report "
+        "reports/compare-backbones.json (default: %(default)s)",
     )
     pred.add_argument(
         "--labels",

@@ -46,7 +46,7 @@ def split_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
 
 
 def fold_report(labels: pd.DataFrame, folds: pd.DataFrame) -> dict:
-    """Per fold: studies and per-group severity counts (a DVC metric)."""
+    """Per fold: studies and per-group severity counts (the report)."""
     merged = labels.merge(folds, on="study_id", validate="many_to_one")
     merged["group"] = merged["condition"].map(vocab.GROUP_OF_CONDITION)
     report = {}

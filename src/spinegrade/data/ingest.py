@@ -78,7 +78,7 @@ class Problems:
 
 @dataclass
 class IngestResult:
-    """Everything ingest writes: tables plus the JSON report (a DVC metric)."""
+    """Everything ingest writes: tables plus the JSON report."""
 
     labels: pd.DataFrame
     series: pd.DataFrame

@@ -164,21 +164,51 @@ def paired_table(evaluation: dict) -> pd.DataFrame:
 
 
 def comparison_metrics(table: pd.DataFrame) -> dict[str, dict]:
-    """The table as a DVC metric: ``{group}.{model}`` -> the row's verdict and numbers (every
-    column after model and group)."""
+    """The table as JSON (reports/compare-backbones.json): ``{group}.{model}`` -> the row's
+    verdict and numbers (every column after model and group)."""
     return {
         f"{r.group}.{r.model}": {k: getattr(r, k) for k in table.columns[2:]}
         for r in table.itertuples()
     }
 
 
-def chosen_models(table: pd.DataFrame) -> dict[str, dict]:
-    """Group -> the model its verdict ranks best and that model's rsna group term: the
-    choice predict grades with and the Model Registry holds, groups in table order."""
-    best = table[table["verdict"] == BEST]
-    return {
-        r.group: {"model": r.model, "rsna_group_term": r.rsna_group_term} for r in best.itertuples()
+def headline(table: pd.DataFrame, mlflow_parent_run: str) -> dict:
+    """The comparison's metrics summary, what DVC compares across experiments
+    (reports/metrics/comparison.json; the table itself is an output, not a metric).
+
+    ``groups``: per group, the chosen model (its verdict is ``best``) and its rsna group
+    term with the term's interval (``_low``, ``_high``). ``models``: per model (each
+    backbone and the ensemble), its rsna score over all groups and ``mean_macro_recall``,
+    its macro recall averaged over the groups (the table has one per group).
+    ``mlflow_parent_run``: the id of this pipeline run's MLflow parent run. Numbers: 3 per
+    group and 2 per model (17 for three groups and three backbones).
+    """
+    groups = {
+        r.group: {
+            "model": r.model,
+            "rsna_group_term": float(r.rsna_group_term),
+            "rsna_group_term_low": float(r.rsna_group_term_low),
+            "rsna_group_term_high": float(r.rsna_group_term_high),
+        }
+        for r in table[table["verdict"] == BEST].itertuples()
     }
+    models = {
+        model: {
+            "rsna_score": float(rows["rsna_score"].iloc[0]),
+            "mean_macro_recall": float(rows["macro_recall"].mean()),
+        }
+        for model, rows in table.groupby("model", sort=True)
+    }
+    return {"groups": groups, "models": models, "mlflow_parent_run": mlflow_parent_run}
+
+
+def chosen_models(table: pd.DataFrame) -> dict[str, str]:
+    """Group -> the model its verdict ranks best: the choice predict grades with and the
+    Model Registry holds, groups in table order. Only the model (its numbers are in the
+    table and the metrics summary): a change that moves them but not the choice leaves
+    this file, and so predict, as it was."""
+    best = table[table["verdict"] == BEST]
+    return {r.group: r.model for r in best.itertuples()}
 
 
 def _ci(value: float, low: float, high: float) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from spinegrade.core.config.evaluate import EvaluateConfig
+from spinegrade.core.config.intervals import IntervalSettings
 from spinegrade.evaluation.localization import summarize_localization
 from spinegrade.inference.localize import localization_errors
 from spinegrade.inference.predict import PredictResult
@@ -23,7 +23,7 @@ from spinegrade.scoring.metrics import class_prior_submission, rsna_score
 
 @dataclass
 class PredictReport:
-    """predict's report (a DVC metric) and, when the answers were known, the error of each
+    """predict's report and, when the answers were known, the error of each
     localized point that has a labelled one (``localization_errors``)."""
 
     report: dict
@@ -34,7 +34,7 @@ def predict_report(
     series: pd.DataFrame,
     result: PredictResult,
     prior_solution: pd.DataFrame,
-    settings: EvaluateConfig,
+    settings: IntervalSettings,
     solution: pd.DataFrame | None = None,
 ) -> PredictReport:
     """Counts (studies, rows, points found, warnings) and, with ``solution``, the scores.
@@ -44,7 +44,7 @@ def predict_report(
         result: ``predict_studies``' result; with ``solution`` it must hold ``at_labels``
             (predicted with the labelled coordinates).
         prior_solution: the training labels' solution rows (the class prior).
-        settings: the evaluate params (bootstrap resamples, seed and level).
+        settings: the bootstrap resamples, seed and level (the predict params).
         solution: the answers (scoring.metrics solution rows), when known; then the report
             also holds ``rsna_score`` and ``rsna_score_ci`` of ``localized``,
             ``labelled_points`` and ``class_prior``, and ``localization`` (point error).
@@ -72,6 +72,19 @@ def predict_report(
     }
     report["localization"] = summarize_localization(errors)
     return PredictReport(report, errors)
+
+
+def held_out_headline(report: dict) -> dict[str, float]:
+    """predict's metrics summary, what DVC compares across experiments
+    (reports/metrics/held-out.json; the report itself is an output, not a metric): the rsna
+    score of the submission graded at the points the localizers found (end to end) and
+    the localizers' median point error in mm. Empty when the answers are unknown."""
+    if "rsna_score" not in report:
+        return {}
+    return {
+        "rsna_score": float(report["rsna_score"]["localized"]["score"]),
+        "point_error_mm_median": float(report["localization"]["all"]["error_mm_median"]),
+    }
 
 
 def review_summary(report: dict) -> dict[str, str]:

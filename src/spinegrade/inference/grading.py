@@ -67,18 +67,43 @@ class Grader:
         return np.mean([np.mean(ps, axis=0) for ps in per_backbone.values()], axis=0)
 
 
-def select_backbones(comparison: dict, groups: list[str]) -> dict[str, str]:
-    """Per group, the model (a backbone or ``ensemble``) with the lowest out-of-fold rsna
-    group term in compare-backbones.json (keys ``{group}.{model}``)."""
+def select_backbones(
+    selection: object, groups: list[str], source: str = "compare-backbones' choice"
+) -> dict[str, str]:
+    """Per group, the model (a backbone or ``ensemble``) to grade with, from either file
+    compare-backbones writes: its choice (``{group: model}``,
+    data/compare-backbones/choice.json) or its comparison report (keys ``{group}.{model}``,
+    reports/compare-backbones.json: the model with the lowest out-of-fold rsna group term,
+    which is the one the choice names).
+
+    Raises:
+        DataError: ``selection`` is neither, or names no model for one of ``groups``
+            (the message names ``source``).
+    """
+    if not isinstance(selection, dict):
+        selection = {}  # not a mapping: neither file
+    if selection and all(isinstance(v, str) for v in selection.values()):
+        missing = [g for g in groups if g not in selection]
+        if missing:
+            raise DataError(f"{source}: no model chosen for group {missing[0]!r}")
+        return {g: selection[g] for g in groups}
+    if not selection or not all(
+        isinstance(v, dict) and "rsna_group_term" in v and "." in k for k, v in selection.items()
+    ):
+        raise DataError(
+            f"{source}: neither compare-backbones' choice ({{group: model}}, "
+            "data/compare-backbones/choice.json) nor its comparison report "
+            "(reports/compare-backbones.json)"
+        )
     out = {}
     for group in groups:
         scored = {
             key.split(".", 1)[1]: row["rsna_group_term"]
-            for key, row in comparison.items()
+            for key, row in selection.items()
             if key.split(".", 1)[0] == group
         }
         if not scored:
-            raise DataError(f"compare-backbones report has no backbone for group {group!r}")
+            raise DataError(f"{source}: the comparison report has no model for group {group!r}")
         out[group] = min(sorted(scored), key=scored.get)
     return out
 

@@ -69,7 +69,8 @@ class BundleFiles:
     Attributes:
         models: train-per-condition outputs ({group}/{backbone}/).
         localizers: train-localizer outputs ({series type}/).
-        selection: compare-backbones.json (the model chosen per group).
+        selection: compare-backbones' choice (data/compare-backbones/choice.json: the model
+            per group), or its comparison report (reports/compare-backbones.json).
         labels: ingest's labels.csv (training labels: the class prior).
     """
 
@@ -120,12 +121,14 @@ def load_bundle(
         }
         graders = graders_from_directories(directories, selection, train, crop, dev, precision)
     else:
-        comparison_path = Path(files.selection)
-        if not comparison_path.is_file():
+        selection_path = Path(files.selection)
+        if not selection_path.is_file():
             raise FileNotFoundError(
-                f"{comparison_path}: no compare-backbones report (run `dvc repro` first)"
+                f"{selection_path}: no choice of compare-backbones (run `dvc repro` first)"
             )
-        selection = select_backbones(json.loads(comparison_path.read_text()), list(vocab.GROUPS))
+        selection = select_backbones(
+            json.loads(selection_path.read_text()), list(vocab.GROUPS), str(selection_path)
+        )
         graders = load_graders(files.models, selection, train, crop, dev, precision)
     localizers = {
         slug: Localizer.load(Path(files.localizers) / slug, dev) for slug in vocab.SERIES_FROM_SLUG

@@ -150,7 +150,7 @@ def paired(
 def score_intervals(solution: pd.DataFrame, submission: pd.DataFrame, settings) -> dict:
     """The rsna score and each term with its study-level bootstrap interval, over every
     study of ``solution``; ``settings`` has bootstrap_resamples, bootstrap_seed, ci_level
-    (the evaluate params)."""
+    (``core.config.intervals.IntervalSettings``: the evaluate or the predict params)."""
     studies = sorted(int(s) for s in solution["study_id"].unique())
     sums = rsna_study_sums(solution, submission, studies)
     counts = resample_counts(len(studies), settings.bootstrap_resamples, settings.bootstrap_seed)

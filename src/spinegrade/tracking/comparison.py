@@ -165,13 +165,14 @@ def log_compare_backbones(
     params_path: str | Path,
     data_paths: list[str],
     table: pd.DataFrame,
-    choice: dict[str, dict],
+    choice: dict[str, str],
     reports: list[Path],
     models: str | Path,
     evaluated: str | Path,
     train: TrainPerConditionConfig,
-) -> None:
-    """Everything compare-backbones logs to MLflow.
+) -> str:
+    """Everything compare-backbones logs to MLflow; returns the pipeline's parent run id
+    (the stage's metrics summary records it).
 
     Run ``compare-backbones`` under the pipeline's parent run holds ``reports`` as
     artifacts and the pipeline's fold runs as table ``fold_runs.json``; the comparison
@@ -185,13 +186,15 @@ def log_compare_backbones(
         params_path: the params file (one of the keys of the pipeline's parent run).
         data_paths: the data the stage's run names by DVC hash (provenance only).
         table: compare-backbones' table (``evaluation.compare.comparison_table``).
-        choice: group -> {"model": ...}, the models to register
-            (``evaluation.compare.chosen_models``).
+        choice: group -> the model to register (``evaluation.compare.chosen_models``).
         reports: files to log as the stage run's artifacts.
         models: the training outputs, ``{group}/{backbone}/`` (out-of-fold tables and
             the files a registered version holds).
         evaluated: evaluate's output (the ensemble's out-of-fold tables).
         train: the train-per-condition params (groups, backbones).
+
+    Returns:
+        The id of the MLflow parent run this stage's run is nested under.
     """
     with child_run(experiment, params_path, data_paths, "compare-backbones", "compare") as active:
         experiment_id = active.info.experiment_id
@@ -205,8 +208,7 @@ def log_compare_backbones(
             comparison_datasets(table, models, evaluated, train),
             {k: v for k, v in active.data.tags.items() if k.startswith(("dvc.", "git_"))},
         )
-        for group, chosen in choice.items():
-            model = chosen["model"]
+        for group, model in choice.items():
             members = train.backbones if model == vocab.ENSEMBLE else [model]
             register_choice(
                 experiment,
@@ -224,3 +226,4 @@ def log_compare_backbones(
             mlflow.log_table(
                 runs.drop(columns=["start_time", "end_time"], errors="ignore"), "fold_runs.json"
             )
+    return parent

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from spinegrade.core.config.base import Section
+from spinegrade.core.config.intervals import IntervalSettings
 
 
-class PredictConfig(Section):
+class PredictConfig(IntervalSettings):
     """predict: grading the held-out test studies end to end.
 
     Attributes:
@@ -15,6 +15,9 @@ class PredictConfig(Section):
         on_error: ``skip`` a corrupt file (warning names it) or ``raise`` on it.
         review: write the review page (review.html: every study's points, crops,
             Grad-CAMs and probabilities, with the answers when known).
+        bootstrap_resamples, bootstrap_seed, ci_level: the held-out scores' intervals
+            (``IntervalSettings``; evaluate's are the out-of-fold ones, so changing those
+            does not re-run predict).
     """
 
     key: ClassVar[str] = "predict"
