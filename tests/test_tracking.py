@@ -612,3 +612,14 @@ def test_every_run_of_an_experiment_carries_its_name(baseline, monkeypatch):
         assert got[tracking.EXP_NAME_TAG] == "boot200", got.get("mlflow.runName")
     named = client.search_runs([exp], filter_string=f"tags.`{tracking.EXP_NAME_TAG}` = 'boot200'")
     assert {r.info.run_id for r in named} == {parent, child, fold, stage[0].info.run_id}
+
+
+def test_headline_metrics_go_on_the_parent_run(baseline):
+    ws, _ = baseline
+    report = {"spinal": {"model": "resnet18", "rsna_group_term": 0.5, "low": None}, "score": 1}
+    parent = tracking.log_headline("exp", "params.yaml", report)
+    assert parent == tracking.pipeline_run("exp", "params.yaml", [])[1]
+    client = MlflowClient(store_uri(ws))
+    assert client.get_run(parent).data.metrics == {"spinal.rsna_group_term": 0.5, "score": 1.0}
+    tracking.log_headline("exp", "params.yaml", {"score": 0.75})  # the stage ran again
+    assert client.get_run(parent).data.metrics["score"] == 0.75

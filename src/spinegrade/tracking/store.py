@@ -13,7 +13,8 @@ of MLflow's retries.
 Under ``dvc exp run`` (``--temp`` and ``--queue`` included) the pipeline's parent run is
 named after the DVC experiment, with its baseline and the params it changed, and every run
 of it carries the experiment's name as tag ``dvc.exp_name`` (``pipeline_run``); outside an
-experiment the parent is ``workspace-<key>``.
+experiment the parent is ``workspace-<key>``. Stages log their headline numbers on the
+parent (``log_headline``), so the parent runs compare the experiments side by side.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ import logging
 import os
 import socket
 import subprocess
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
 import psutil
 import yaml
 from filelock import FileLock
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import read_mlflow_creds
@@ -461,6 +463,25 @@ def changed_params(params: dict, baseline: dict) -> dict[str, str]:
         for k in sorted(now.keys() | before.keys())
         if now.get(k, missing) != before.get(k, missing)
     }
+
+
+def log_headline(experiment: str, params_path: str | Path, metrics: Mapping) -> str:
+    """Log a stage's headline numbers on the pipeline's parent run, so the parent runs (one
+    per DVC experiment: ``make ui``'s second link) show them side by side; return the
+    parent run's id (the way back from DVC's metrics to MLflow).
+
+    Args:
+        experiment: the pipeline's experiment name (``mlflow.experiment``).
+        params_path: the params file (one of the keys of the pipeline's parent run).
+        metrics: metric name -> number; nested mappings are flattened to dotted names and
+            what is not a number (a model's name, None) is left out (``numeric``). A name
+            logged again (the stage re-ran in the same pipeline run) takes the new value.
+    """
+    _, parent, _ = pipeline_run(experiment, params_path, [])
+    now = int(time.time() * 1000)
+    values = [Metric(k, v, now, 0) for k, v in numeric(metrics).items()]
+    MlflowClient(mlflow.get_tracking_uri()).log_batch(parent, metrics=values)
+    return parent
 
 
 def process_tags() -> dict[str, str]:
