@@ -346,12 +346,12 @@ LOG_RUN = "; ".join(
     [
         "import os, mlflow",
         "from spinegrade.tracking import store as tracking",
-        "exp = tracking.setup('exp')",
-        "mlflow.start_run(experiment_id=exp, run_name='from-dvc-exp')",
+        "run = tracking.child_run('exp', 'params.yaml', [], 'from-dvc-exp', 'stage')",
+        "run.__enter__()",
         "mlflow.set_tag('cwd', os.getcwd())",
         "mlflow.log_metric('m', 1.0)",
         "mlflow.log_text('hello', 'note.txt')",
-        "mlflow.end_run()",
+        "run.__exit__(None, None, None)",
     ]
 )
 
@@ -359,6 +359,9 @@ LOG_RUN = "; ".join(
 @pytest.mark.slow
 @pytest.mark.dvc
 def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
+    """A temporary experiment (as --queue ones are: a copy under .dvc/tmp/exps/) logs into
+    the workspace's store, and the stage sees DVC's variables: its parent run is named after
+    the experiment, with its baseline and the param -S changed."""
     ws = (tmp_path / "ws").resolve()
     ws.mkdir()
     venv_bin = Path(sys.executable).parent
@@ -376,20 +379,22 @@ def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
     run("git", "config", "user.email", "test@example.com")
     run("git", "config", "commit.gpgsign", "false")
     run(str(venv_bin / "dvc"), "init", "-q")
+    (ws / "params.yaml").write_text("a: 1\nb: 1\n")
     (ws / "dvc.yaml").write_text(
-        yaml.safe_dump({"stages": {"log": {"cmd": f'python -c "{LOG_RUN}"'}}})
+        yaml.safe_dump({"stages": {"log": {"cmd": f'python -c "{LOG_RUN}"', "params": ["a"]}}})
     )
     (ws / ".gitignore").write_text("/mlruns/\n")
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "init")
-    run(str(venv_bin / "dvc"), "exp", "run", "--temp")
+    baseline = run("git", "rev-parse", "HEAD").strip()
+    run(str(venv_bin / "dvc"), "exp", "run", "--temp", "-n", "a2", "-S", "a=2")
 
     client = MlflowClient(store_uri(ws))
     exp = client.get_experiment_by_name("exp")
     assert exp is not None, "the temporary experiment's run did not reach the workspace store"
-    runs = client.search_runs([exp.experiment_id])
-    assert [r.info.run_name for r in runs] == ["from-dvc-exp"]
-    (run_,) = runs
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert sorted(runs) == ["a2", "from-dvc-exp"]
+    run_, parent = runs["from-dvc-exp"], runs["a2"]
     exps_dir = ws / ".dvc" / "tmp" / "exps"
     assert Path(run_.data.tags["cwd"]).is_relative_to(exps_dir), "did not run in a temp copy"
     assert run_.data.metrics == {"m": 1.0}
@@ -397,6 +402,13 @@ def test_dvc_exp_run_temp_logs_into_the_workspace_store(tmp_path):
     assert artifact.read_text() == "hello"
     stray = [p for p in ws.rglob("mlflow.db") if p != ws / "mlruns" / "mlflow.db"]
     assert not stray, f"stores outside the workspace's mlruns/: {stray}"
+
+    assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run_.data.tags[tracking.EXP_NAME_TAG] == "a2"
+    assert parent.data.tags[tracking.EXP_NAME_TAG] == "a2"
+    assert parent.data.tags[tracking.EXP_BASELINE_TAG] == baseline
+    assert parent.data.tags[tracking.COMMIT_TAG].removesuffix("-dirty") == baseline
+    assert parent.data.params == {"a": "2"}
 
 
 # --- logged models -----------------------------------------------------------------------
@@ -440,3 +452,174 @@ def test_a_logged_grader_model_loads_back_and_predicts_the_same(tmp_path, no_tra
         np.testing.assert_allclose(loaded(torch.from_numpy(x)).numpy(), expected, atol=1e-5)
     served = mlflow.pyfunc.load_model(uri).predict(x)
     np.testing.assert_allclose(np.asarray(served), expected, atol=1e-5)
+
+
+# --- DVC experiments and MLflow runs name each other -------------------------------------
+
+BASELINE_PARAMS = {
+    "mlflow": {"experiment": "exp"},
+    "evaluate": {"bootstrap_resamples": 1000, "seed": 0},
+    "old": {"x": 1},
+}
+
+
+@pytest.fixture
+def baseline(tmp_path, monkeypatch, no_tracking_uri) -> tuple[Path, str]:
+    """A git workspace whose commit (the baseline) holds BASELINE_PARAMS as params.yaml;
+    the cwd; outside any DVC experiment until a test sets DVC's variables."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(yaml.safe_dump(BASELINE_PARAMS))
+    _git(ws, "init", "-q")
+    _git(ws, "add", "params.yaml")
+    _git(ws, "commit", "-q", "-m", "baseline")
+    monkeypatch.chdir(ws)
+    for var in (tracking.DVC_EXP_NAME, tracking.DVC_EXP_BASELINE_REV):
+        monkeypatch.delenv(var, raising=False)
+    return ws, _git(ws, "rev-parse", "HEAD")
+
+
+def _in_experiment(monkeypatch, name: str, rev: str) -> None:
+    """The environment `dvc exp run -n {name}` gives a stage (dvc.env)."""
+    monkeypatch.setenv(tracking.DVC_EXP_NAME, name)
+    monkeypatch.setenv(tracking.DVC_EXP_BASELINE_REV, rev)
+
+
+def _as_set_by_dash_s(ws: Path) -> None:
+    """params.yaml as `-S evaluate.bootstrap_resamples=200 -S new.y=[1,2]` and a removed
+    param leave it."""
+    params = {
+        "mlflow": {"experiment": "exp"},
+        "evaluate": {"bootstrap_resamples": 200, "seed": 0},
+        "new": {"y": [1, 2]},
+    }
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_an_experiments_parent_run_is_named_after_it_and_holds_the_changed_params(
+    baseline, monkeypatch
+):
+    ws, rev = baseline
+    _as_set_by_dash_s(ws)
+    _in_experiment(monkeypatch, "boot200", rev)
+    exp, parent, tags = tracking.pipeline_run("exp", "params.yaml", [])
+    run = MlflowClient(store_uri(ws)).get_run(parent)
+    assert run.info.run_name == "boot200"
+    assert run.data.tags[tracking.EXP_NAME_TAG] == "boot200"
+    assert run.data.tags[tracking.EXP_BASELINE_TAG] == rev
+    assert run.data.tags[tracking.COMMIT_TAG] == f"{rev}-dirty"  # -S changed params.yaml
+    assert run.data.tags[tracking.ROLE_TAG] == "parent"
+    assert "DVC experiment `boot200`" in run.data.tags["mlflow.note.content"]
+    # only what differs from the baseline's params.yaml, added and removed ones included
+    assert run.data.params == {
+        "evaluate.bootstrap_resamples": "200",
+        "new.y": "[1, 2]",
+        "old.x": tracking.REMOVED,
+    }
+    assert tags[tracking.EXP_NAME_TAG] == "boot200"  # for every run of the stage
+    assert tags[tracking.COMMIT_TAG] == f"{rev}-dirty"
+    # the next stage finds it, without reading the baseline again
+    with monkeypatch.context() as m:
+        m.setattr(tracking, "baseline_params", lambda *a: pytest.fail("read again"))
+        assert tracking.pipeline_run("exp", "params.yaml", [])[1] == parent
+
+    # the same params under another name: another experiment, another parent
+    _in_experiment(monkeypatch, "boot200-again", rev)
+    other = tracking.pipeline_run("exp", "params.yaml", [])[1]
+    assert other != parent
+    assert MlflowClient(store_uri(ws)).get_run(other).info.run_name == "boot200-again"
+
+
+def test_outside_an_experiment_the_parent_run_says_it_is_the_workspaces(baseline):
+    ws, rev = baseline
+    _, parent, tags = tracking.pipeline_run("exp", "params.yaml", [])
+    run = MlflowClient(store_uri(ws)).get_run(parent)
+    key = run.data.tags[tracking.PIPELINE_TAG]
+    assert run.info.run_name == f"workspace-{key[:8]}"
+    assert tracking.EXP_NAME_TAG not in run.data.tags and tracking.EXP_NAME_TAG not in tags
+    assert run.data.tags[tracking.COMMIT_TAG] == rev
+    assert run.data.tags["mlflow.note.content"].startswith("`dvc repro` in the workspace")
+    assert run.data.params == {}
+    # a workspace run keeps the key it had before experiments were named: commit, data, params
+    (source,) = tracking.dvc_hashes([tracking.PIPELINE_SOURCE]).values()
+    assert key == tracking.pipeline_key(rev, source, (ws / "params.yaml").read_text())
+    found = MlflowClient(store_uri(ws)).search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`{tracking.EXP_NAME_TAG}` IS NULL"
+    )
+    assert [r.info.run_id for r in found] == [parent]  # how the UI finds workspace runs
+
+
+def test_changed_params_compares_dotted_values():
+    before = {"a": {"b": 1, "c": [1, 2], "d": {"e": "x"}}, "f": True}
+    after = {"a": {"b": 1.0, "c": [1, 3], "d": {"e": "x", "g": None}}}
+    assert tracking.changed_params(after, before) == {
+        "a.c": "[1, 3]",
+        "a.d.g": "None",
+        "f": tracking.REMOVED,
+    }
+    assert tracking.changed_params(before, before) == {}
+
+
+def test_the_baseline_params_file_missing_or_unreadable(baseline, caplog):
+    ws, rev = baseline
+    assert tracking.baseline_params(ws / "params.yaml", rev) == BASELINE_PARAMS
+    assert tracking.baseline_params(ws / "other.yaml", rev) == {}  # not in that commit
+    with caplog.at_level("WARNING"):
+        assert tracking.baseline_params(ws / "params.yaml", "0" * 40) is None
+    assert f"params.yaml at the experiment's baseline {'0' * 40}" in caplog.text
+
+
+def test_every_run_of_an_experiment_carries_its_name(baseline, monkeypatch):
+    """The stage runs (evaluate, predict, the localizers: child_run), the fold runs
+    (MlflowFoldHooks, with pipeline_run's tags) and the comparison's rows
+    (log_compare_backbones copies the stage run's dvc.* tags) carry tag dvc.exp_name."""
+    import pandas as pd
+
+    from spinegrade.core import vocab
+    from spinegrade.evaluation.compare import COLUMNS
+    from spinegrade.tracking.comparison import comparison_experiment, log_compare_backbones
+    from spinegrade.tracking.hooks import MlflowFoldHooks
+
+    ws, rev = baseline
+    _as_set_by_dash_s(ws)
+    _in_experiment(monkeypatch, "boot200", rev)
+    client = MlflowClient(store_uri(ws))
+
+    with tracking.child_run("exp", "params.yaml", [], "evaluate", "evaluate") as run:
+        child = run.info.run_id
+    exp, parent, tags = tracking.pipeline_run("exp", "params.yaml", [])
+    hooks = MlflowFoldHooks(exp, parent, "spinal", "resnet18", {}, tags, False, (2, 3, 8, 8))
+    hooks.start(0)
+    fold = mlflow.active_run().info.run_id
+    mlflow.end_run()
+
+    group = next(iter(vocab.GROUPS))
+    (ws / "models" / group / "resnet18").mkdir(parents=True)
+    pd.DataFrame({"study_id": [1], "label": [0]}).to_csv(
+        ws / "models" / group / "resnet18" / "oof.csv", index=False
+    )
+    row = {c: 0.5 for c in COLUMNS} | {"group": group, "model": "resnet18", "verdict": "best"}
+    train = type("Train", (), {"backbones": ["resnet18"], "groups": [group]})
+    log_compare_backbones(
+        "exp", "params.yaml", [], pd.DataFrame([row]), {}, [], ws / "models", ws / "eval", train
+    )
+    compare_id = client.get_experiment_by_name(comparison_experiment("exp")).experiment_id
+    (comparison,) = client.search_runs([compare_id])
+    stage = client.search_runs([exp], filter_string="attributes.run_name = 'compare-backbones'")
+
+    for run_id in (child, fold, stage[0].info.run_id, comparison.info.run_id):
+        got = client.get_run(run_id).data.tags
+        assert got[tracking.EXP_NAME_TAG] == "boot200", got.get("mlflow.runName")
+    named = client.search_runs([exp], filter_string=f"tags.`{tracking.EXP_NAME_TAG}` = 'boot200'")
+    assert {r.info.run_id for r in named} == {parent, child, fold, stage[0].info.run_id}
+
+
+def test_headline_metrics_go_on_the_parent_run(baseline):
+    ws, _ = baseline
+    report = {"spinal": {"model": "resnet18", "rsna_group_term": 0.5, "low": None}, "score": 1}
+    parent = tracking.log_headline("exp", "params.yaml", report)
+    assert parent == tracking.pipeline_run("exp", "params.yaml", [])[1]
+    client = MlflowClient(store_uri(ws))
+    assert client.get_run(parent).data.metrics == {"spinal.rsna_group_term": 0.5, "score": 1.0}
+    tracking.log_headline("exp", "params.yaml", {"score": 0.75})  # the stage ran again
+    assert client.get_run(parent).data.metrics["score"] == 0.75

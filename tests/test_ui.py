@@ -89,6 +89,26 @@ def test_runs_url_and_server_command():
     assert "--default-artifact-root" not in ui.server_command("postgresql://db/mlflow", 5123)
 
 
+def test_the_experiments_link_lists_the_parent_runs(tmp_path, no_tracking_uri):
+    """The second link: the pipeline experiment's chart view searched for its parent runs,
+    one per DVC experiment (the UI reads ``searchFilter`` from the route's query)."""
+    url = ui.experiments_url("http://127.0.0.1:5000/", "7")
+    route, _, query = url.partition("?")
+    assert route == ui.runs_url("http://127.0.0.1:5000", "7")
+    assert urllib.parse.parse_qs(query) == {
+        "compareRunsMode": ["CHART"],
+        "searchFilter": [tracking.PARENT_FILTER],
+    }
+    assert ui.RUNS_LINK.fullmatch(url + "\n") and " " not in url  # one word on its line
+    # the filter selects exactly the parent runs, not what is nested under them
+    exp = tracking.setup("exp", tmp_path)
+    parent = tracking.parent_run(exp, "key", "boot200")
+    with mlflow.start_run(experiment_id=exp, parent_run_id=parent, run_name="evaluate"):
+        pass
+    found = mlflow.search_runs([exp], filter_string=tracking.PARENT_FILTER)
+    assert list(found["run_id"]) == [parent]
+
+
 def test_experiment_name_from_params(tmp_path):
     assert ui.experiment_name(tmp_path / "missing.yaml") == "spinegrade"
     (tmp_path / "p.yaml").write_text("mlflow:\n  experiment: other\n")
@@ -154,11 +174,13 @@ def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tra
         assert len(group_members(pgid)) > 1, "expected mlflow's worker processes in the group"
 
         # the links: this port, first the comparison experiment, then the one from params.yaml
+        # searched for its parent runs (the DVC experiments), then all of it
         assert int(link_port) == port
         assert link_exp == tracking.setup("ui-test-comparison", ws)
         links = [m.groups() for m in LINK.finditer(log.read_text())]
-        assert [exp for _, _, exp in links] == [link_exp, exp_id]
-        link = links[1][0]  # the run logged above is in the pipeline experiment
+        assert [exp for _, _, exp in links] == [link_exp, exp_id, exp_id]
+        assert ui.experiments_url(f"http://127.0.0.1:{port}", exp_id) in log.read_text()
+        link = links[2][0]  # the run logged above is in the pipeline experiment
         status, page = get(link)  # the fragment stays in the browser; the server sends the app
         assert status == 200
         assert b'<div id="root"' in page
@@ -175,6 +197,9 @@ def test_ui_serves_runs_and_artifacts_and_stops_its_whole_group(tmp_path, no_tra
         runs = found["runs"]
         assert [r["info"]["run_id"] for r in runs] == [run_id]
         assert runs[0]["data"]["metrics"][0]["key"] == "recall"
+        # the experiments link's search is one the server accepts (the run is no parent)
+        search = {"experiment_ids": [exp_id], "filter": tracking.PARENT_FILTER}
+        assert "runs" not in post_json(f"{base}/api/2.0/mlflow/runs/search", search)
 
         # artifacts: listed, and downloadable the way the UI fetches them (get-artifact)
         query = urllib.parse.urlencode({"run_id": run_id})

@@ -4,8 +4,12 @@ Starts ``mlflow server`` on 127.0.0.1 with the workspace's store as backend (the
 database under mlruns/, or ``$MLFLOW_TRACKING_URI``; the database and experiment are created
 first if missing) and artifacts read from mlruns/artifacts, waits until it answers, then
 prints the links to the runs tables: first the comparison experiment (one run per group and
-model, tracking.comparison), then the pipeline experiment. (MLflow 3's UI opens on a GenAI landing
-page that shows no runs; its routes are hash routes, ``/#/experiments/<id>/runs``.)
+model, tracking.comparison), then the pipeline experiment's parent runs (one row per DVC
+experiment or ``dvc repro``, named after it, with the params that differ from its baseline and
+its headline metrics: tracking.store.pipeline_run, log_headline), then the whole pipeline
+experiment. (MLflow 3's UI opens on a GenAI landing page that shows no runs; its routes are
+hash routes, ``/#/experiments/<id>/runs``, and the runs page reads its search from the query,
+``?searchFilter=...``.)
 
 MLflow 3 starts worker processes (uvicorn workers, a job runner, huey queue consumers) that
 outlive the ``mlflow`` process when only it is killed. The server therefore runs in its own
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -79,6 +84,15 @@ def runs_url(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
+def experiments_url(base_url: str, experiment_id: str) -> str:
+    """The pipeline experiment's parent runs in the chart view: one run per DVC experiment
+    (and per ``dvc repro``) listed by name, and a bar chart per headline metric logged on
+    them (the table view, first icon, has their params and metrics as columns)."""
+    query = {"compareRunsMode": "CHART", "searchFilter": tracking.PARENT_FILTER}
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    return f"{runs_url(base_url, experiment_id)}?{encoded}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
@@ -121,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             f"\nMLflow UI, the backbone comparison (experiment '{compare_name}', one run per "
             f"group and model):\n"
             f"    {runs_url(base_url, compare_id)}{CHART_VIEW}\n"
+            f"the DVC experiments side by side (experiment '{name}', one parent run per "
+            f"dvc exp run or dvc repro, its changed params and headline metrics):\n"
+            f"    {experiments_url(base_url, experiment_id)}\n"
             f"every pipeline run, with its fold runs nested (experiment '{name}'):\n"
             f"    {runs_url(base_url, experiment_id)}\n"
             f"(server process group {proc.pid}; Ctrl-C stops it and all its workers)\n",

@@ -9,6 +9,12 @@ first checks with one request through MLflow's client, no retries (10 s to conne
 answer), that it answers and accepts the credentials (``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD``), so a dead server fails a stage with one line instead of minutes
 of MLflow's retries.
+
+Under ``dvc exp run`` (``--temp`` and ``--queue`` included) the pipeline's parent run is
+named after the DVC experiment, with its baseline and the params it changed, and every run
+of it carries the experiment's name as tag ``dvc.exp_name`` (``pipeline_run``); outside an
+experiment the parent is ``workspace-<key>``. Stages log their headline numbers on the
+parent (``log_headline``), so the parent runs compare the experiments side by side.
 """
 
 from __future__ import annotations
@@ -19,17 +25,20 @@ import logging
 import os
 import socket
 import subprocess
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
 import psutil
 import yaml
 from filelock import FileLock
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import read_mlflow_creds
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from spinegrade.core.config.base import flatten
 from spinegrade.core.errors import ConfigError
@@ -40,6 +49,30 @@ log = logging.getLogger(__name__)
 PIPELINE_TAG = "spinegrade.pipeline"
 
 ROLE_TAG = "spinegrade.role"
+
+# The parent runs, one per pipeline run: the runs table with this filter lists one row per
+# DVC experiment (or workspace run) with its headline metrics (log_headline).
+PARENT_FILTER = f"tags.`{ROLE_TAG}` = 'parent'"
+
+COMMIT_TAG = "git_commit"
+
+# A DVC experiment's name, on every run of it: its parent run, each stage's run, each fold
+# run and each comparison row (``tags.`dvc.exp_name` = 'boot200'`` in the UI's search, or
+# its group-by). Absent outside an experiment (``tags.`dvc.exp_name` IS NULL``).
+EXP_NAME_TAG = "dvc.exp_name"
+# On an experiment's parent run: the commit it was run against (DVC's baseline).
+EXP_BASELINE_TAG = "dvc.exp_baseline_rev"
+
+# What `dvc exp run` sets in each stage's environment (dvc.env; also for --temp and
+# --queue experiments: DVC stashes them with the experiment and every executor passes
+# them on). DVC picks a random name when -n is not given, so under an experiment the
+# name is always set. Not imported from dvc: importing it configures DVC's logging.
+DVC_EXP_NAME, DVC_EXP_BASELINE_REV = "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"
+
+# a param the baseline has and the experiment does not
+REMOVED = "(removed)"
+# the changed params an experiment's parent run names in its description (all are params)
+NOTE_PARAMS = 10
 
 # The process that logged a run: host, pid and its start (epoch seconds). They tell a run
 # whose process died (SIGKILL, a lost machine) from one still running, and how long the
@@ -206,8 +239,15 @@ def setup(experiment: str, root: str | Path | None = None) -> str:
             return client.get_experiment_by_name(experiment).experiment_id
 
 
-def parent_run(experiment_id: str, key: str, name: str) -> str:
-    """Id of the parent run for pipeline run ``key``: found by tag, else created.
+def parent_run(
+    experiment_id: str,
+    key: str,
+    name: str,
+    tags: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> str:
+    """Id of the parent run for pipeline run ``key``: found by tag, else created with
+    ``tags`` and ``params`` (a found run keeps its own: its key says it is the same run).
 
     The file lock serializes stages on one machine's store; against a tracking server,
     stages on several machines (or processes without a shared lock) may both find none
@@ -221,10 +261,14 @@ def parent_run(experiment_id: str, key: str, name: str) -> str:
         if found:
             return found[0].info.run_id
         run = client.create_run(
-            experiment_id, run_name=name, tags={PIPELINE_TAG: key, ROLE_TAG: "parent"}
+            experiment_id,
+            run_name=name,
+            tags={**(tags or {}), PIPELINE_TAG: key, ROLE_TAG: "parent"},
         )
-        client.set_terminated(run.info.run_id)
         mine = run.info.run_id
+        if params:
+            client.log_batch(mine, params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(mine)
         oldest = _parents(client, experiment_id, key)[0].info.run_id
         if oldest != mine:
             log.info("another stage created pipeline run %s first: using it", oldest)
@@ -236,7 +280,7 @@ def _parents(client: MlflowClient, experiment_id: str, key: str) -> list:
     """The parent runs of pipeline run ``key``, oldest first (ties broken by id)."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'parent'",
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and {PARENT_FILTER}",
     )
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
@@ -311,19 +355,133 @@ def pipeline_run(
     """(experiment id, parent run id, provenance tags) of the current pipeline run.
 
     Stages of one ``dvc repro`` share the parent: its key is the commit, the params file's
-    text and DVC's hash of ingest's output (the data every stage descends from), which
-    are the same for all of them. The tags hold the DVC hashes of ``data_paths``, the data
-    this stage read.
+    text, DVC's hash of ingest's output (the data every stage descends from) and, under
+    ``dvc exp run``, the experiment's name, which are the same for all of them. The
+    parent's name, tags and params say which DVC experiment it is (``parent_identity``).
+    The tags returned hold the commit, the experiment's name and the DVC hashes of
+    ``data_paths``, the data this stage read; every run of the stage carries them.
     """
     experiment_id = setup(experiment)
     data = dvc_hashes(data_paths)
     commit = git_commit()
     params_text = Path(params_path).read_text()
     (source,) = dvc_hashes([PIPELINE_SOURCE]).values()
-    key = pipeline_key(commit.removesuffix("-dirty"), source, params_text)
-    parent = parent_run(experiment_id, key, name=f"pipeline-{key[:8]}")
-    tags = {"git_commit": commit, **{f"dvc.{p}": h for p, h in data.items()}}
+    exp = dvc_experiment()
+    parts = [commit.removesuffix("-dirty"), source, params_text]
+    tags = {COMMIT_TAG: commit}
+    if exp is not None:  # a workspace run keeps the key it always had
+        parts.append(exp[0])
+        tags[EXP_NAME_TAG] = exp[0]
+    key = pipeline_key(*parts)
+    # the first stage creates the parent; the others find it without reading the baseline
+    found = _parents(MlflowClient(mlflow.get_tracking_uri()), experiment_id, key)
+    if found:
+        parent = found[0].info.run_id
+    else:
+        parent = parent_run(experiment_id, key, *parent_identity(key, commit, params_path, exp))
+    tags |= {f"dvc.{p}": h for p, h in data.items()}
     return experiment_id, parent, tags | process_tags()
+
+
+def dvc_experiment() -> tuple[str, str] | None:
+    """(name, baseline revision) of the DVC experiment this process runs a stage of (from
+    the environment ``dvc exp run`` gives its stages), or None outside one."""
+    name = os.environ.get(DVC_EXP_NAME)
+    if not name:
+        return None
+    return name, os.environ.get(DVC_EXP_BASELINE_REV, "")
+
+
+def parent_identity(
+    key: str, commit: str, params_path: str | Path, exp: tuple[str, str] | None
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(name, tags, params) of a new parent run.
+
+    Under ``dvc exp run`` (``exp`` = (name, baseline revision)) the run is named after the
+    experiment, tagged with its name, the baseline and the commit, and the params that
+    differ from the baseline's params file are its params. Outside an experiment it is
+    ``workspace-<key>``, as DVC calls the row of ``dvc repro``'s results in
+    ``dvc exp show``. Its description (the UI's Description, ``mlflow.note.content``) says
+    which of the two it is.
+    """
+    if exp is None:
+        note = f"`dvc repro` in the workspace (commit `{commit}`): not a DVC experiment."
+        return f"workspace-{key[:8]}", {COMMIT_TAG: commit, MLFLOW_RUN_NOTE: note}, {}
+    name, baseline = exp
+    before = baseline_params(params_path, baseline) if baseline else None
+    params = {}
+    if before is not None:
+        params = changed_params(_read_yaml(Path(params_path).read_text()), before)
+    shown = [f"`{k}`" for k in list(params)[:NOTE_PARAMS]]
+    more = len(params) - len(shown)
+    changed = ", ".join(shown + ([f"{more} more"] if more else [])) or "none"
+    note = (
+        f"DVC experiment `{name}` (`dvc exp run`), baseline `{baseline}`, commit `{commit}`. "
+        f"Params that differ from the baseline's (logged as params): {changed}."
+    )
+    tags = {EXP_NAME_TAG: name, COMMIT_TAG: commit, MLFLOW_RUN_NOTE: note}
+    if baseline:
+        tags[EXP_BASELINE_TAG] = baseline
+    return name, tags, params
+
+
+def _read_yaml(text: str) -> dict:
+    # libyaml's parser where PyYAML has it: the pure-Python one is slow on big files
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+
+
+def baseline_params(params_path: str | Path, rev: str) -> dict | None:
+    """The params file as it is at commit ``rev`` (``git show``); {} if the commit has no
+    such file (every param was added), None (with a warning) if git cannot show it."""
+    path = Path(params_path).resolve()
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=path.parent, capture_output=True, text=True)
+
+    shown = git("show", f"{rev}:./{path.name}")
+    if shown.returncode == 0:
+        return _read_yaml(shown.stdout)
+    if git("cat-file", "-e", f"{rev}^{{commit}}").returncode == 0:
+        return {}
+    log.warning(
+        "cannot read %s at the experiment's baseline %s (%s): no params logged on its run",
+        path.name,
+        rev,
+        shown.stderr.strip(),
+    )
+    return None
+
+
+def changed_params(params: dict, baseline: dict) -> dict[str, str]:
+    """The dotted params (``evaluate.bootstrap_resamples``, as ``-S`` names them) whose
+    value differs between ``params`` and ``baseline``, with their value in ``params``
+    (``(removed)`` for one only ``baseline`` has), sorted by name."""
+    now, before = flatten(params), flatten(baseline)
+    missing = object()
+    return {
+        k: REMOVED if k not in now else str(now[k])
+        for k in sorted(now.keys() | before.keys())
+        if now.get(k, missing) != before.get(k, missing)
+    }
+
+
+def log_headline(experiment: str, params_path: str | Path, metrics: Mapping) -> str:
+    """Log a stage's headline numbers on the pipeline's parent run, so the parent runs (one
+    per DVC experiment: ``make ui``'s second link) show them side by side; return the
+    parent run's id (the way back from DVC's metrics to MLflow).
+
+    Args:
+        experiment: the pipeline's experiment name (``mlflow.experiment``).
+        params_path: the params file (one of the keys of the pipeline's parent run).
+        metrics: metric name -> number; nested mappings are flattened to dotted names and
+            what is not a number (a model's name, None) is left out (``numeric``). A name
+            logged again (the stage re-ran in the same pipeline run) takes the new value.
+    """
+    _, parent, _ = pipeline_run(experiment, params_path, [])
+    now = int(time.time() * 1000)
+    values = [Metric(k, v, now, 0) for k, v in numeric(metrics).items()]
+    MlflowClient(mlflow.get_tracking_uri()).log_batch(parent, metrics=values)
+    return parent
 
 
 def process_tags() -> dict[str, str]:
