@@ -40,6 +40,7 @@ from spinegrade.evaluation.compare import (
     to_markdown,
 )
 from spinegrade.tracking.comparison import log_compare_backbones
+from spinegrade.tracking.store import log_headline
 
 # The params sections this stage reads (dvc.yaml declares the same).
 SECTIONS = (TrainPerConditionConfig, MlflowConfig)
@@ -103,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             args.evaluated,
             cfg,
         )
-        write_json(args.summary, headline(table, parent))
+        numbers = headline(table, parent)
+        write_json(args.summary, numbers)
+        log_headline(params.mlflow.experiment, args.params, numbers)  # on the parent run
         chosen = ", ".join(f"{g} {m}" for g, m in choice.items())
         summary(f"chosen per group: {chosen} (registered @champion) -> {md}, {png}, {args.summary}")
 

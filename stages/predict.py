@@ -37,6 +37,7 @@ from spinegrade.evaluation.predict import held_out_headline, predict_report, rev
 from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
 from spinegrade.scoring.metrics import solution_from_wide
 from spinegrade.tracking.predict import log_predict
+from spinegrade.tracking.store import log_headline
 
 # The params sections this stage reads (dvc.yaml declares the same).
 SECTIONS = (
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                     review_summary(scored.report),
                 )
         write_json(args.report, scored.report)
-        write_json(args.summary, held_out_headline(scored.report))
+        numbers = held_out_headline(scored.report)
+        write_json(args.summary, numbers)
+        log_headline(params.mlflow.experiment, args.params, {"held_out": numbers})
         logged = ["submission.csv", "points.csv", "warnings.txt"]
         logged += ["review.html"] if cfg.review else []
         log_predict(

@@ -314,6 +314,13 @@ def test_dvc_compares_a_headline_that_equals_the_reports(pipeline):
         parent.info.experiment_id
         == client.get_experiment_by_name(_params(pipeline)["mlflow"]["experiment"]).experiment_id
     )
+    # and the parent run holds the same headline, so the parent runs compare pipeline runs
+    logged = parent.data.metrics
+    assert logged["held_out.rsna_score"] == pytest.approx(held_out["rsna_score"])
+    for group, chosen in comparison["groups"].items():
+        assert logged[f"groups.{group}.rsna_group_term"] == pytest.approx(chosen["rsna_group_term"])
+    for model, numbers in comparison["models"].items():
+        assert logged[f"models.{model}.rsna_score"] == pytest.approx(numbers["rsna_score"])
 
 
 def test_only_the_summaries_are_dvc_metrics():
