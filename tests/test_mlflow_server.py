@@ -530,7 +530,7 @@ def test_stage_against_a_dead_server_prints_one_line(launched, train_ws):
     assert done.returncode == 1
     out = done.stdout + done.stderr
     assert "Traceback" not in out, out
-    errors = [line for line in out.splitlines() if " ERROR " in line]
+    errors = [line for line in out.splitlines() if re.search(r"(^|\s)ERROR\s", line)]
     assert len(errors) == 1 and f"MLflow tracking server {uri}" in errors[0], out
     assert "Connection refused" in errors[0]
     assert not (train_ws / "dead-server-models").exists()

@@ -215,7 +215,8 @@ def test_first_retrain_runs_every_stage_and_pushes_outputs_and_run_cache(team):
     assert "files pushed" in first.stdout
     assert any(p.parts[0] == "runs" for p in map(Path, files(remote)))  # the run-cache
     summary = team["summary"].read_text()
-    assert "## spinegrade retrain" in summary and "| backbone" in summary
+    assert "## spinegrade retrain" in summary and "### Metrics against" in summary
+    assert "| group" in summary and "| model" in summary  # the comparison table
     assert "re-run: `synthesize`, `ingest`" in summary
 
 
