@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         numbers = headline(table, parent)
         write_json(args.summary, numbers)
-        log_headline(params.mlflow.experiment, args.params, numbers)  # on the parent run
+        log_headline(parent, numbers)
         chosen = ", ".join(f"{g} {m}" for g, m in choice.items())
-        summary(f"chosen per group: {chosen} (registered @champion) -> {md}, {png}, {args.summary}")
+        summary(f"chosen per group: {chosen} (registered @champion)", md, png, args.summary)
 
     return run(body)
 

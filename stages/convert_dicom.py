@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.report, report)
         summary(
             f"{report['series_converted']} of {report['series']} series, {report['slices']} "
-            f"slices ({report['skipped_files']} files skipped) -> {args.out}, {args.report}"
+            f"slices ({report['skipped_files']} files skipped)",
+            args.out,
+            args.report,
         )
 
     return run(body)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_csv(tmp / f"{name}.csv", g.index)
         write_json(args.report, report)
         counts = ", ".join(f"{name} {g.crops.shape[0]}" for name, g in groups.items())
-        summary(f"crops: {counts} -> {args.out}, {args.report}")
+        summary(f"crops: {counts}", args.out, args.report)
 
     return run(body)
 

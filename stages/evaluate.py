@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         scores = ", ".join(f"{m} {result.report['models'][m]['rsna']['score']:.3f}" for m in models)
         prior = result.report["class_prior_baseline"]["score"]
         summary(
-            f"out-of-fold rsna score (lower is better): {scores}; class prior {prior:.3f} "
-            f"-> {args.report}"
+            f"out-of-fold rsna score (lower is better): {scores}; class prior {prior:.3f}",
+            args.report,
         )
 
     return run(body)

@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         studies, dropped = result.report["studies"], result.report["dropped_rows"]["total"]
         summary(
             f"{studies['train']} train and {studies['test']} test studies, "
-            f"{len(result.labels)} label rows ({dropped} dropped, "
-            f"{sum(result.report['quirks'].values())} quirks) -> {args.out}, {args.report}"
+            f"{len(result.labels):,} label rows ({dropped} dropped, "
+            f"{sum(result.report['quirks'].values())} quirks)",
+            args.out,
+            args.report,
         )
 
     return run(body)

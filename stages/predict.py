@@ -111,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.report, scored.report)
         numbers = held_out_headline(scored.report)
         write_json(args.summary, numbers)
-        log_headline(params.mlflow.experiment, args.params, {"held_out": numbers})
         logged = ["submission.csv", "points.csv", "warnings.txt"]
         logged += ["review.html"] if cfg.review else []
-        log_predict(
+        parent = log_predict(
             params.mlflow.experiment,
             args.params,
             [args.models, args.localizers],
@@ -123,14 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             scored.report,
             [Path(args.report), *(Path(args.out) / name for name in logged)],
         )
+        log_headline(parent, {"held_out": numbers})
         report = scored.report
         line = f"{report['studies']} studies graded"
         if known:
             score = report["rsna_score"]["localized"]["score"]
             error = report["localization"]["all"]["error_mm_median"]
             line += f", rsna score {score:.3f}, median point error {error:.1f} mm"
-        line += f", {len(result.warnings)} warnings -> {args.out}"
-        summary(line + (f" (open {Path(args.out) / 'review.html'})" if cfg.review else ""))
+        line += f", {len(result.warnings)} warnings"
+        review = [f"{Path(args.out) / 'review.html'} (open it)"] if cfg.review else []
+        summary(line, args.out, *review)
 
     return run(body)
 

@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(args.out, folds)
         write_json(args.report, fold_report(labels, folds))
         summary(
-            f"{folds['study_id'].nunique()} studies in {cfg.n_folds} folds -> {args.out}, "
-            f"{args.report}"
+            f"{folds['study_id'].nunique()} studies in {cfg.n_folds} folds", args.out, args.report
         )
 
     return run(body)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             generate_dataset(params.synthesize, args.out)
             cfg = params.synthesize
             summary(
-                f"{cfg.n_train_studies} train and {cfg.n_test_studies} test studies -> {args.out}"
+                f"{cfg.n_train_studies} train and {cfg.n_test_studies} test studies", args.out
             )
             return
         with atomic_dir(args.out) as tmp:

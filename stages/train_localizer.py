@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         summary(
             f"{args.series}: median point error {m['point_error_mm_median']:.1f} mm (p90 "
             f"{m['point_error_mm_p90']:.1f}), right slice {m['slice_exact']:.0%}, "
-            f"{m['epochs_run']} epoch(s) -> {args.out}"
+            f"{m['epochs_run']} epoch(s)",
+            args.out,
         )
 
     return run(lambda: launch_stage(args.params, __file__, argv, train, SECTIONS, engine))

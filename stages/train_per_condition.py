@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         oof = result.metrics["oof"]
         summary(
             f"{args.group}/{args.backbone}, folds {', '.join(map(str, sorted(result.states)))}: "
-            f"out-of-fold macro recall {oof['macro_recall']:.3f}, F1 {oof['macro_f1']:.3f} "
-            f"-> {args.out}"
+            f"out-of-fold macro recall {oof['macro_recall']:.3f}, F1 {oof['macro_f1']:.3f}",
+            args.out,
         )
 
     return run(lambda: launch_stage(args.params, __file__, argv, train, SECTIONS))

@@ -152,7 +152,8 @@ def test_the_experiments_link_shows_one_row_per_dvc_experiment(
         monkeypatch.setenv(tracking.DVC_EXP_NAME, name)
         with tracking.child_run("browser-test", "params.yaml", [], "nested-stage", "evaluate"):
             pass
-        tracking.log_headline("browser-test", "params.yaml", {"rsna_score": score})
+        parent = tracking.pipeline_run("browser-test", "params.yaml", [])[1]
+        tracking.log_headline(parent, {"rsna_score": score})
     with served(ws, tmp_path) as links, chromium_page() as (page, errors):
         page.goto(links[1])
         page.get_by_text("lr-3e-4").first.wait_for(timeout=60_000)

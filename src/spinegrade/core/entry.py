@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from spinegrade.core.errors import EXPECTED_ERRORS
 
@@ -86,10 +87,10 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def summary(text: str) -> None:
-    """A command's one line on the console once its work is done: what it made and where
-    it went (the project's other messages are at debug level)."""
-    log.info("%s", text)
+def summary(text: str, *made: str | Path) -> None:
+    """A command's one line on the console once its work is done: what it did, then
+    ``-> `` and the paths it wrote (the project's other messages are at debug level)."""
+    log.info("%s", f"{text} -> {', '.join(map(str, made))}" if made else text)
 
 
 def run(body: Callable[[], None]) -> int:

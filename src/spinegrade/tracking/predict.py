@@ -23,8 +23,8 @@ def log_predict(
     selection: dict[str, str],
     report: dict,
     artifacts: list[Path],
-) -> None:
-    """Log predict's run.
+) -> str:
+    """Log predict's run; return the id of the pipeline's parent run it is nested under.
 
     Args:
         experiment: the pipeline's experiment name.
@@ -42,8 +42,9 @@ def log_predict(
         "predict",
         "predict",
         tags={f"backbone.{g}": b for g, b in selection.items()},
-    ):
+    ) as active:
         mlflow.log_params({"explain": cfg.explain, "on_error": cfg.on_error})
         mlflow.log_metrics(numeric(report))
         for path in artifacts:
             mlflow.log_artifact(str(path))
+        return mlflow.get_run(active.info.run_id).data.tags["mlflow.parentRunId"]

@@ -465,23 +465,19 @@ def changed_params(params: dict, baseline: dict) -> dict[str, str]:
     }
 
 
-def log_headline(experiment: str, params_path: str | Path, metrics: Mapping) -> str:
+def log_headline(parent: str, metrics: Mapping) -> None:
     """Log a stage's headline numbers on the pipeline's parent run, so the parent runs (one
-    per DVC experiment: ``make ui``'s second link) show them side by side; return the
-    parent run's id (the way back from DVC's metrics to MLflow).
+    per DVC experiment: ``make ui``'s second link) show them side by side.
 
     Args:
-        experiment: the pipeline's experiment name (``mlflow.experiment``).
-        params_path: the params file (one of the keys of the pipeline's parent run).
+        parent: the parent run's id (``pipeline_run``; the stage's own run is nested under it).
         metrics: metric name -> number; nested mappings are flattened to dotted names and
             what is not a number (a model's name, None) is left out (``numeric``). A name
             logged again (the stage re-ran in the same pipeline run) takes the new value.
     """
-    _, parent, _ = pipeline_run(experiment, params_path, [])
     now = int(time.time() * 1000)
     values = [Metric(k, v, now, 0) for k, v in numeric(metrics).items()]
     MlflowClient(mlflow.get_tracking_uri()).log_batch(parent, metrics=values)
-    return parent
 
 
 def process_tags() -> dict[str, str]:

@@ -23,9 +23,9 @@ class Recipe(Section):
         weights: a local checkpoint to start from (instead of random initialization).
     """
 
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
     schedule: Literal["cosine", "onecycle"] = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = Field(0.0, ge=0)
     model_kwargs: Mapping[str, Any] = Field(default_factory=dict)
     weights: str = ""
