@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu ui mlflow-server retrain clean-venv
+.PHONY: help venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu sweep ui mlflow-server retrain clean-venv
 
 # The `## text` after each target is its line in `make help`.
 help: ## list the targets with one line each (the default goal)
@@ -97,6 +97,12 @@ gpu-check: $(STAMP) ## one-minute GPU smoke run: one fold, one epoch per backbon
 # More `dvc exp run` arguments in ARGS, e.g. ARGS="-S engine.nproc_per_node=4".
 exp-gpu: $(STAMP) ## the GPU preset (presets/gpu-rsna.yaml) as one DVC experiment
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m spinegrade.cli.preset presets/gpu-rsna.yaml -- $(ARGS)
+
+# One DVC experiment per value, queued and run one after another, then `dvc exp show`;
+# several params: ARGS="-S 'a=1,2' -S 'b=x,y'" (docs/pipeline.md#sweeps).
+sweep: $(STAMP) ## a grid of DVC experiments: SET='key=v1,v2,...' [NAME=prefix] (ARGS=--help)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m spinegrade.cli.sweep \
+	  $(if $(SET),-S '$(SET)') $(if $(NAME),--name '$(NAME)') $(ARGS)
 
 # Ctrl-C stops it and all its worker processes.
 ui: $(STAMP) ## the MLflow UI on the workspace's store; prints the comparison's link

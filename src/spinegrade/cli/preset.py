@@ -46,28 +46,43 @@ def overrides(preset_path: Path, params_path: Path) -> dict[str, object]:
     if not preset_path.is_file():
         raise ConfigError(f"preset not found: {preset_path}")
     preset = yaml.safe_load(preset_path.read_text()) or {}
-    base = yaml.safe_load(params_path.read_text()) or {}
     if not isinstance(preset, Mapping):
         raise ConfigError(f"{preset_path}: expected a mapping of params sections")
+    return check_overrides(flatten(preset), params_path, str(preset_path))
+
+
+def check_overrides(flat: Mapping[str, object], params_path: Path, source: str) -> dict:
+    """``flat`` (dotted key -> value, as ``dvc exp run -S`` sets them) if every key is one
+    of ``params_path``'s and the params with them applied are valid.
+
+    Raises:
+        ConfigError: naming ``source`` and the unknown key, or what does not validate.
+    """
+    base = yaml.safe_load(params_path.read_text()) or {}
     known = flatten(base)
-    out = {}
-    for key, value in flatten(preset).items():
+    for key in flat:
         if key in known or any(k.startswith(key + ".") for k in known):
-            out[key] = value
             continue
         parent = key.rsplit(".", 1)[0]
         if parent in known and isinstance(known[parent], Mapping):  # e.g. empty model_kwargs
-            out[key] = value
             continue
-        raise ConfigError(f"{preset_path}: {key} is not a key of {params_path}")
+        raise ConfigError(f"{source}: {key} is not a key of {params_path}")
+    nested: dict = {}
+    for key, value in flat.items():
+        *path, leaf = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "params.yaml"
-        merged.write_text(yaml.safe_dump(_merge(base, preset), sort_keys=False))
+        merged.write_text(yaml.safe_dump(_merge(base, nested), sort_keys=False))
         try:
             load_params(merged)
         except ConfigError as exc:
-            raise ConfigError(f"{preset_path} applied to {params_path}: {exc}") from None
-    return out
+            reason = str(exc).replace(f"{merged}: ", "")
+            raise ConfigError(f"{source} applied to {params_path}: {reason}") from None
+    return dict(flat)
 
 
 def command(preset_path: Path, params_path: Path, extra: list[str]) -> list[str]:
