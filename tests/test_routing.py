@@ -378,3 +378,27 @@ def test_series_type_options_are_checked():
             parse_series_types([bad])
     with pytest.raises(ConfigError, match="series 12 given twice"):
         parse_series_types(["12=Axial T2", "12=Sagittal T1"])
+
+
+def test_predict_without_series_grades_as_with_the_csv(
+    tiny_dataset, tiny_ingest, no_header_hint, tmp_path, capsys
+):
+    """`spinegrade predict` on images without SeriesDescription or timing tags, without
+    --series, writes the submission it writes from the CSV on the original images."""
+    # test_predict's untrained model files (tests/helpers.py does not hold them)
+    from test_predict import _cli, _write_models
+
+    from spinegrade.cli.main import main as spinegrade_main
+
+    _write_models(tmp_path, tiny_ingest)
+    from_csv, routed = tmp_path / "csv.csv", tmp_path / "routed.csv"
+    assert spinegrade_main(_cli(tiny_dataset, tmp_path, out=str(from_csv))) == 0
+    capsys.readouterr()
+    args = _cli(tiny_dataset, tmp_path, out=str(routed), images=str(no_header_hint / "test_images"))
+    args.remove("--series")
+    args.remove(str(tiny_dataset / "test_series_descriptions.csv"))
+    assert spinegrade_main(args) == 0
+    out = capsys.readouterr().out
+    n_series = len(pd.read_csv(tiny_dataset / "test_series_descriptions.csv"))
+    assert out.count("(image: sagittal plane") + out.count("(plane: axial plane") == n_series
+    pd.testing.assert_frame_equal(pd.read_csv(from_csv), pd.read_csv(routed))
