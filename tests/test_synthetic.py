@@ -15,7 +15,7 @@ from spinegrade.core import vocab
 from spinegrade.core.vocab import TEST_LABELS_CSV
 from spinegrade.synthetic.anatomy import SliceGrid, build_anatomy, render_slice
 from spinegrade.synthetic.dataset import generate_dataset
-from spinegrade.synthetic.imaging import TISSUE, draw_scanner, form_image
+from spinegrade.synthetic.imaging import TIMING_MS, TISSUE, draw_scanner, form_image
 from spinegrade.synthetic.severity import (
     CLASS_BALANCE,
     Degeneration,
@@ -97,6 +97,49 @@ def test_dicom_headers_are_real_mr_with_geometry(tiny_dataset):
         assert int(ds.InstanceNumber) == int(f.stem)
         assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
         assert str(ds.PatientName) and ds.PatientID.startswith("PID") and ds.PatientBirthDate
+
+
+def test_dicom_timing_tags_follow_the_sequence(tiny_dataset):
+    """Every series carries TR and TE (ms) in its sequence's range, the same on each of its
+    files; STIR series (and only they) an InversionTime; the sagittal T2/STIR series hold both
+    T2 and STIR timings across the dataset."""
+
+    def within(ds, sequence) -> bool:
+        return set(TIMING_MS[sequence]) == {k for k in TIMING_MS["STIR"] if k in ds} and all(
+            lo <= float(ds[k].value) <= hi for k, (lo, hi) in TIMING_MS[sequence].items()
+        )
+
+    seen: dict[str, set[str]] = {}
+    for d in sorted(tiny_dataset.glob("*_images/*/*")):
+        timings = set()
+        for f in sorted(d.glob("*.dcm")):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            timings.add(tuple(ds.get(k) for k in TIMING_MS["STIR"]))
+        assert len(timings) == 1, d  # one acquisition per series
+        allowed = {"Sagittal T1": ("T1",), "Axial T2": ("T2",)}.get(
+            ds.SeriesDescription, ("T2", "STIR")
+        )
+        sequence = [s for s in allowed if within(ds, s)]
+        assert len(sequence) == 1, (d, timings)
+        seen.setdefault(ds.SeriesDescription, set()).add(sequence[0])
+    assert seen == {"Sagittal T1": {"T1"}, "Sagittal T2/STIR": {"T2", "STIR"}, "Axial T2": {"T2"}}
+
+
+def test_timing_leaves_the_images_as_they_were(monkeypatch):
+    """The timing comes from a child generator: the series' own draws after it (its
+    pixels) are those of a generator that never drew a timing."""
+    import spinegrade.synthetic.imaging as imaging
+
+    def after_scanner() -> tuple[dict, float]:
+        rng = np.random.default_rng([7, 1])
+        scanner = draw_scanner(rng, "Sagittal T1", 1.0, 0.04)
+        return scanner.timing, rng.random()
+
+    timing, next_draw = after_scanner()
+    assert set(timing) == {"RepetitionTime", "EchoTime"}
+    assert after_scanner() == (timing, next_draw)  # deterministic
+    monkeypatch.setattr(imaging, "draw_timing", lambda rng, sequence: {})
+    assert after_scanner() == ({}, next_draw)
 
 
 def test_quirks_occur(tiny_dataset):

@@ -84,7 +84,18 @@ group, and write a submission in sample_submission format (25 rows per study, th
 probabilities summing to 1).
 
   --images   a test_images-style tree: DIR/{study_id}/{series_id}/{instance}.dcm
-  --series   test_series_descriptions.csv format: study_id,series_id,series_description
+  --series   test_series_descriptions.csv format: study_id,series_id,series_description.
+             Optional: without it each series is routed to its type from its DICOM
+             headers, first basis that decides: its SeriesDescription when that names
+             a type; else its plane (ImageOrientationPatient: sagittal or axial; coronal
+             and oblique series are left out) and weighting (RepetitionTime, EchoTime,
+             InversionTime); else, for a sagittal series, its middle slice (the canal's
+             CSF bright: T2/STIR, dark: T1); an axial series is Axial T2. One line per
+             series says what was decided and on what basis, and a study lacking a type
+             or with two series of one sagittal type gets a warning.
+  --series-type SERIES_ID=TYPE  (repeatable, without --series) route that series to TYPE
+             (Sagittal T1, Sagittal T2/STIR, Axial T2, or sagittal_t1, sagittal_t2,
+             axial_t2) whatever its headers say
 
 Models come from a finished `dvc repro` (models/, localizers/, and the model
 compare-backbones chose per group: data/compare-backbones/choice.json, or its comparison
@@ -107,6 +118,8 @@ PREDICT_EPILOG = """\
 example:
   spinegrade predict --images data/raw/test_images \\
       --series data/raw/test_series_descriptions.csv --out submission.csv --explain explain/
+  spinegrade predict --images uploads/ --out submission.csv \\
+      --series-type 3486248476=sagittal_t1
   spinegrade predict --images data/raw/test_images \\
       --series data/raw/test_series_descriptions.csv --out submission.csv \\
       --report review.html --answers data/raw/synthetic_test_labels.csv \\
@@ -132,6 +145,59 @@ def read_coordinates(path: str | Path):
         ) from exc
 
 
+def parse_series_types(items: Sequence[str]) -> dict[int, str]:
+    """``--series-type SERIES_ID=TYPE`` options -> {series id: type as given}.
+
+    Raises:
+        ConfigError: naming the option that is not SERIES_ID=TYPE with an integer id, or a
+            series given twice.
+    """
+    out: dict[int, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        series_id = vocab.parse_id(key)
+        if not sep or series_id is None or not value.strip():
+            raise ConfigError(
+                f"--series-type {item!r}: expected SERIES_ID=TYPE with an integer series id"
+            )
+        if series_id in out:
+            raise ConfigError(f"--series-type: series {series_id} given twice")
+        out[series_id] = value
+    return out
+
+
+def predict_series_table(args: argparse.Namespace):
+    """predict's series table: the --series CSV, or (without it) every study's series routed
+    by ``data.routing`` with the --series-type overrides, printing one line per series (its
+    study and series folder numbers, the type, the basis and the reason) and the routing's
+    warnings.
+
+    Raises:
+        ConfigError: --series-type with --series, or a bad or unknown override.
+        DataError: a bad CSV or images tree.
+    """
+    from spinegrade.data.routing import route_studies
+    from spinegrade.data.tables import read_series_table
+
+    if args.series:
+        if args.series_type:
+            raise ConfigError(
+                "--series-type overrides the routing, which --series replaces: "
+                "change the type in the CSV instead"
+            )
+        return read_series_table(args.series)
+    routing = route_studies(args.images, parse_series_types(args.series_type or []))
+    for r in routing.series.itertuples(index=False):
+        decided = r.series_description or "not routed"
+        print(f"study {r.study_id} series {r.series_id}: {decided} ({r.basis}: {r.reason})")
+    for warning in routing.warnings:
+        print(f"routing warning: {warning}")
+    table = routing.table()
+    if table.empty:
+        raise DataError(f"{args.images}: no series could be routed")
+    return table
+
+
 def predict_command(args: argparse.Namespace) -> None:
     """Run ``spinegrade predict`` with parsed arguments."""
 
@@ -140,7 +206,6 @@ def predict_command(args: argparse.Namespace) -> None:
     from spinegrade.core.config.params import load_params
     from spinegrade.core.io import write_csv
     from spinegrade.core.runtime import set_threads
-    from spinegrade.data.tables import read_series_table
     from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
     from spinegrade.scoring.metrics import solution_from_wide
 
@@ -148,7 +213,7 @@ def predict_command(args: argparse.Namespace) -> None:
     set_threads(params.engine.threads)
     if not Path(args.images).is_dir():
         raise DataError(f"{args.images}: images directory not found")
-    series = read_series_table(args.series)
+    series = predict_series_table(args)
     with tempfile.TemporaryDirectory(prefix="spinegrade-registry-") as tmp:
         registered = None
         if args.registry:  # downloaded, then read into memory by load_bundle
@@ -223,7 +288,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pred.add_argument("--images", required=True, metavar="DIR", help="test_images-style tree")
-    pred.add_argument("--series", required=True, metavar="CSV", help="series descriptions")
+    pred.add_argument(
+        "--series",
+        metavar="CSV",
+        help="series descriptions (default: route each series from its DICOM headers)",
+    )
+    pred.add_argument(
+        "--series-type",
+        action="append",
+        metavar="SERIES_ID=TYPE",
+        help="route this series to TYPE (repeatable; without --series)",
+    )
     pred.add_argument("--out", required=True, metavar="CSV", help="submission to write")
     pred.add_argument("--explain", metavar="DIR", help="write a Grad-CAM PNG per graded level")
     pred.add_argument("--points", metavar="CSV", help="also write the localized points")

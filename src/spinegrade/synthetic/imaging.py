@@ -12,7 +12,10 @@ Each series draws one ``Scanner`` (``draw_scanner``):
   smooth quadratic in the image coordinates (coefficients sd 0.12);
 - noise: Rician, sd noise_sigma * U(0.7, 1.3) of the [0, 1] intensity scale;
 - artifacts in ARTIFACT_RATE of series: motion ghosts (shifted copies along the phase
-  axis) or motion blur along it.
+  axis) or motion blur along it;
+- timing: the RepetitionTime, EchoTime (and, for STIR, InversionTime) a scanner writes for
+  its sequence, uniform in TIMING_MS's ranges, drawn from a child of the series' generator
+  (``rng.spawn``), so that adding them left every other draw, and so every pixel, as it was.
 
 Every spread above (and ARTIFACT_RATE, and the noise sd) is multiplied by the
 ``difficulty`` knob: 0 gives clean images with one fixed contrast, 1 is the default, 2
@@ -60,6 +63,19 @@ PROTON_DENSITY = {
 
 STIR_RATE = 0.3
 
+# Sequence timing in ms, as MR headers carry it: (low, high) of a uniform draw per series
+# and DICOM keyword. T1: short TR and TE; T2: long TR and TE; STIR: long TR, a short
+# inversion time (fat nulled) and a moderate TE. The axial T2 series time as the T2 ones.
+TIMING_MS: dict[str, dict[str, tuple[float, float]]] = {
+    "T1": {"RepetitionTime": (400.0, 800.0), "EchoTime": (8.0, 20.0)},
+    "T2": {"RepetitionTime": (2500.0, 5000.0), "EchoTime": (80.0, 120.0)},
+    "STIR": {
+        "RepetitionTime": (3000.0, 6000.0),
+        "EchoTime": (30.0, 70.0),
+        "InversionTime": (140.0, 180.0),
+    },
+}
+
 ARTIFACT_RATE = 0.15
 
 
@@ -79,6 +95,7 @@ class Scanner:
         artifact_size: ghost shift (pixels) or blur sd (pixels).
         artifact_gain: ghost amplitude.
         scale: stored value of intensity 1.
+        timing: DICOM keyword -> ms (RepetitionTime, EchoTime, InversionTime for STIR).
     """
 
     sequence: str
@@ -92,6 +109,7 @@ class Scanner:
     artifact_size: float
     artifact_gain: float
     scale: float
+    timing: dict[str, float]
 
 
 def sequence_of(description: str, rng: np.random.Generator) -> str:
@@ -101,6 +119,13 @@ def sequence_of(description: str, rng: np.random.Generator) -> str:
     if description == vocab.SAGITTAL_T2 and rng.random() < STIR_RATE:
         return "STIR"
     return "T2"
+
+
+def draw_timing(rng: np.random.Generator, sequence: str) -> dict[str, float]:
+    """DICOM keyword -> ms of ``sequence``'s timing (TIMING_MS), rounded to 0.1 ms."""
+    return {
+        tag: round(float(rng.uniform(lo, hi)), 1) for tag, (lo, hi) in TIMING_MS[sequence].items()
+    }
 
 
 def draw_scanner(
@@ -139,6 +164,8 @@ def draw_scanner(
         artifact_size=float(rng.uniform(4.0, 12.0) if artifact == "ghost" else rng.uniform(1, 2)),
         artifact_gain=float(rng.uniform(0.04, 0.1)),
         scale=float(rng.uniform(800, 2500)),
+        # a child generator: its draws leave the series' own stream as it was
+        timing=draw_timing(rng.spawn(1)[0], sequence),
     )
 
 

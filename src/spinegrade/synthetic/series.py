@@ -136,6 +136,8 @@ def _write_series(
         img = form_image(anatomy, grid, scanner, rng)
         pixels = np.clip(img * scanner.scale, 0, 65535).astype(np.uint16)
         ds = _dataset(spec, pixels, plan, inst, study_id, series_uid, identity, omit_spacing)
+        for keyword, ms in scanner.timing.items():  # RepetitionTime, EchoTime, InversionTime
+            setattr(ds, keyword, ms)
         ds.save_as(series_dir / f"{inst}.dcm", enforce_file_format=True)
 
 
