@@ -175,6 +175,27 @@ def copy_workspace(src: Path, dest: Path) -> Path:
     return dest
 
 
+# DVC experiments commit (to refs of their own): an identity for machines without one.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "spinegrade tests",
+    "GIT_AUTHOR_EMAIL": "tests@spinegrade.invalid",
+    "GIT_COMMITTER_NAME": "spinegrade tests",
+    "GIT_COMMITTER_EMAIL": "tests@spinegrade.invalid",
+}
+
+
+def git_workspace(work: Path) -> Path:
+    """A copied workspace (made with ``dvc init --no-scm``) turned into a git repository as a
+    clone of the project is: the code, params, dvc.lock and the uncached reports committed,
+    the cached outputs and the MLflow store git-ignored (DVC experiments need git)."""
+    assert run_dvc(work, "config", "core.no_scm", "false").returncode == 0
+    (work / ".gitignore").write_text("/data\n/models\n/localizers\n/mlruns\n__pycache__/\n")
+    env = os.environ | GIT_IDENTITY
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "baseline"]):
+        subprocess.run(["git", *cmd], cwd=work, env=env, check=True, capture_output=True)
+    return work
+
+
 def postgres_problem() -> str | None:
     """Why PostgreSQL at PG_ADMIN cannot be used (one line saying how to start it), or None."""
     import psycopg

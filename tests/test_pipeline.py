@@ -9,24 +9,38 @@ that editing any module re-runs exactly the stages whose import closure holds it
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO, copy_workspace, repro_console, run_dvc
+from helpers import (
+    GIT_IDENTITY,
+    REPO,
+    copy_workspace,
+    git_workspace,
+    project_warnings_as_errors,
+    repro_console,
+    run_dvc,
+)
 from mlflow.tracking import MlflowClient
 
 from spinegrade.core import vocab
 from spinegrade.tracking.store import (
+    EXP_NAME_TAG,
     HOST_TAG,
     PID_TAG,
     PROCESS_START_TAG,
+    ROLE_TAG,
     TRAINED_IN_TAG,
 )
 
@@ -381,6 +395,52 @@ def test_new_intervals_rerun_evaluate_and_compare_but_not_predict(pipeline, tmp_
     client = MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     assert client.get_run(summary["mlflow_parent_run"]).data.tags["spinegrade.role"] == "parent"
     assert "up to date" in run_dvc(work, "status").stdout
+
+
+@pytest.mark.slow
+def test_a_queued_sweep_reruns_only_the_swept_backbone(pipeline, tmp_path):
+    """`make sweep` of two learning rates of one backbone, in a git clone of the tiny
+    pipeline: DVC queues and runs two experiments named after their value; `dvc exp show
+    --only-changed` compares them in a few columns, the headline numbers included; each has
+    an MLflow parent run of its name; and only the swept backbone trained again (the other
+    backbones' jobs came from the DVC cache), with evaluate and compare-backbones once per
+    experiment."""
+    work = git_workspace(copy_workspace(pipeline, tmp_path / "work"))
+    shutil.rmtree(work / "mlruns")  # a store of its own (see above)
+    p = _params(work)["train-per-condition"]
+    swept, others = p["backbones"][0], p["backbones"][1:]
+    lr = p["recipes"][swept]["lr"]
+    env = os.environ | GIT_IDENTITY | {"PYTHONWARNINGS": project_warnings_as_errors()}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sweep = [sys.executable, "-m", "spinegrade.cli.sweep", "--name", "t"]
+    sweep += ["-S", f"train-per-condition.recipes.{swept}.lr={lr * 2},{lr * 4}"]
+    proc = subprocess.run(sweep, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = [f"t-lr-{lr * 2}", f"t-lr-{lr * 4}"]
+
+    shown = run_dvc(work, "exp", "show", "--only-changed", "--csv", env=GIT_IDENTITY)
+    assert shown.returncode == 0, shown.stderr
+    rows = list(csv.DictReader(io.StringIO(shown.stdout)))
+    assert len(rows[0]) <= 40, list(rows[0])
+    by_name = {r["Experiment"]: r for r in rows if r["Experiment"]}
+    assert sorted(by_name) == sorted(names), shown.stdout
+    (score,) = [c for c in rows[0] if c.endswith(f"models.{swept}.rsna_score")]
+    assert f"train-per-condition.recipes.{swept}.lr" in rows[0]
+    for name in names:
+        assert float(by_name[name][score]) > 0, (name, by_name[name])
+
+    client = MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    (exp,) = [e.experiment_id for e in client.search_experiments() if e.name == "spinegrade"]
+    for name in names:
+        mine = client.search_runs([exp], filter_string=f"tags.`{EXP_NAME_TAG}` = '{name}'")
+        roles = [r.data.tags[ROLE_TAG] for r in mine]
+        parents = [r for r in mine if r.data.tags[ROLE_TAG] == "parent"]
+        assert [r.info.run_name for r in parents] == [name]
+        trained = {r.data.tags["backbone"] for r in mine if r.data.tags[ROLE_TAG] == "train"}
+        assert trained == {swept}, f"{name} trained {trained}, not only {swept}"
+        assert set(others).isdisjoint(trained)
+        assert roles.count("evaluate") == 1 and roles.count("compare") == 1, roles
 
 
 def test_every_stage_that_logs_to_mlflow_runs_in_a_fresh_clone():
