@@ -4,6 +4,7 @@ fixtures and hooks)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,11 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import torch
 import yaml
+from safetensors.torch import save_file
 
 # tests import these from here
 from spinegrade.cli.process_group import free_port, group_members  # noqa: F401
+from spinegrade.core import vocab
+from spinegrade.core.config.crop_rois import CropConfig
+from spinegrade.core.config.localizer_input import LocalizerInput
 from spinegrade.core.config.synthesize import SyntheticConfig
+from spinegrade.inference.localize import Localizer
+from spinegrade.models.backbones import create_backbone
+from spinegrade.models.heatmap import HeatmapNet
+from spinegrade.models.points import point_spec
 
 # The PostgreSQL server the postgres-marked tests create their databases on (trust auth).
 PG_ADMIN = os.environ.get("SPINEGRADE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -211,3 +221,90 @@ def postgres_problem() -> str | None:
             "user postgres on 127.0.0.1:5432, or set SPINEGRADE_TEST_PG to an admin URI"
         )
     return None
+
+
+# --- small untrained models, laid out as predict and the study grader read them -------------
+CROP = CropConfig(slices=3, size_px=32)
+
+BACKBONE = "resnet18"
+INPUTS = {
+    "sagittal_t2": LocalizerInput(slices=3, step_mm=4.0, image_px=64, epochs=1),
+    "sagittal_t1": LocalizerInput(slices=5, step_mm=9.0, image_px=64, epochs=1),
+    "axial_t2": LocalizerInput(slices=3, step_mm=4.0, image_px=64, epochs=1),
+}
+
+
+def untrained_localizers() -> dict[str, Localizer]:
+    """The three localizers, small and untrained (seeded)."""
+    torch.manual_seed(0)
+    out = {}
+    for slug, inp in INPUTS.items():
+        spec = point_spec(slug)
+        model = HeatmapNet("mobilenetv2_100", inp.slices, len(spec.keys), 8).eval()
+        out[slug] = Localizer(model, spec, inp)
+    return out
+
+
+def write_bundle(root: Path, tiny_ingest) -> dict[str, Path]:
+    """Model files as a finished `dvc repro` leaves them (untrained weights), laid out as
+    the study grader packs them (tracking.study_model): models/, localizers/, choice.json,
+    labels.csv, params.yaml."""
+    torch.manual_seed(0)
+    choice = {}
+    for g in vocab.GROUPS:
+        d = root / "models" / g / BACKBONE
+        d.mkdir(parents=True)
+        save_file(
+            create_backbone(BACKBONE, CROP.slices, CROP.size_px).state_dict(),
+            str(d / "fold0.safetensors"),
+        )
+        (d / "metrics.json").write_text(json.dumps({"folds": {"fold0": {"temperature": 1.5}}}))
+        choice[g] = BACKBONE
+    for slug, loc in untrained_localizers().items():
+        d = root / "localizers" / slug
+        d.mkdir(parents=True)
+        meta = {
+            "series": slug,
+            "encoder": "mobilenetv2_100",
+            "in_chans": loc.inp.slices,
+            "n_points": len(loc.spec.keys),
+            "decoder_channels": 8,
+            "input": {
+                "slices": loc.inp.slices,
+                "step_mm": loc.inp.step_mm,
+                "image_px": loc.inp.image_px,
+                "epochs": 1,
+            },
+        }
+        (d / "localizer.json").write_text(json.dumps(meta))
+        state = {k: v.contiguous() for k, v in loc.model.state_dict().items()}
+        save_file(state, str(d / "weights.safetensors"))
+    (root / "choice.json").write_text(json.dumps(choice))
+    tiny_ingest.labels.to_csv(root / "labels.csv", index=False)
+    params = {
+        "crop-rois": {"slices": CROP.slices, "size_px": CROP.size_px},
+        "train-per-condition": {
+            "backbones": [BACKBONE],
+            "recipes": {BACKBONE: {}},
+        },
+        "engine": {"device": "cpu", "precision": "fp32", "threads": 1},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return {"root": root}
+
+
+def predict_args(tiny_dataset: Path, tmp_path: Path, **options: str) -> list[str]:
+    """``spinegrade predict`` arguments pointing at write_bundle's files; ``options``
+    (name -> value, underscores for dashes) override or add."""
+    args = {
+        "images": str(tiny_dataset / "test_images"),
+        "series": str(tiny_dataset / "test_series_descriptions.csv"),
+        "out": str(tmp_path / "s.csv"),
+        "models": str(tmp_path / "models"),
+        "localizers": str(tmp_path / "localizers"),
+        "selection": str(tmp_path / "choice.json"),
+        "labels": str(tmp_path / "labels.csv"),
+        "params": str(tmp_path / "params.yaml"),
+        **options,
+    }
+    return ["predict", *(x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v))]

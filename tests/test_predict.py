@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import assert_no_identifiers, header_identifiers
+from helpers import (
+    BACKBONE,
+    CROP,
+    assert_no_identifiers,
+    header_identifiers,
+    predict_args,
+    untrained_localizers,
+    write_bundle,
+)
 from mlflow.tracking import MlflowClient
-from safetensors.torch import save_file
 
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
-from spinegrade.core.config.crop_rois import CropConfig
-from spinegrade.core.config.localizer_input import LocalizerInput
 from spinegrade.core.config.predict import PredictConfig
 from spinegrade.core.config.recipe import Recipe
 from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
@@ -38,36 +42,15 @@ from spinegrade.inference.grading import Grader, Member, load_graders, select_ba
 from spinegrade.inference.localize import (
     MAX_AXIAL_MM,
     POINT_COLUMNS,
-    Localizer,
     localization_errors,
 )
 from spinegrade.inference.predict import Bundle, predict_studies
 from spinegrade.models.backbones import create_backbone, predict_proba
-from spinegrade.models.heatmap import HeatmapNet
 from spinegrade.models.inputs import CropDataset
-from spinegrade.models.points import point_spec
 from spinegrade.scoring.calibration import apply_temperature
 from spinegrade.scoring.metrics import solution_from_labels, solution_from_wide, submission_rows
 from spinegrade.tracking import store as tracking
 from spinegrade.tracking.registry import register_choice
-
-CROP = CropConfig(slices=3, size_px=32)
-BACKBONE = "resnet18"
-INPUTS = {
-    "sagittal_t2": LocalizerInput(slices=3, step_mm=4.0, image_px=64, epochs=1),
-    "sagittal_t1": LocalizerInput(slices=5, step_mm=9.0, image_px=64, epochs=1),
-    "axial_t2": LocalizerInput(slices=3, step_mm=4.0, image_px=64, epochs=1),
-}
-
-
-def _localizers() -> dict[str, Localizer]:
-    torch.manual_seed(0)
-    out = {}
-    for slug, inp in INPUTS.items():
-        spec = point_spec(slug)
-        model = HeatmapNet("mobilenetv2_100", inp.slices, len(spec.keys), 8).eval()
-        out[slug] = Localizer(model, spec, inp)
-    return out
 
 
 def _graders() -> dict[str, Grader]:
@@ -85,7 +68,9 @@ def _graders() -> dict[str, Grader]:
 @pytest.fixture(scope="module")
 def bundle(tiny_ingest) -> Bundle:
     prior = solution_from_labels(tiny_ingest.labels)
-    return Bundle(_graders(), _localizers(), prior, CROP, {g: BACKBONE for g in vocab.GROUPS})
+    return Bundle(
+        _graders(), untrained_localizers(), prior, CROP, {g: BACKBONE for g in vocab.GROUPS}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +316,7 @@ def test_grader_calibrates_each_fold_model_and_averages_backbones():
 
 
 def test_load_graders_reads_temperatures_and_builds_the_ensemble(tmp_path, tiny_ingest):
-    _write_models(tmp_path, tiny_ingest)
+    write_bundle(tmp_path, tiny_ingest)
     train = TrainPerConditionConfig(backbones=(BACKBONE,), recipes={BACKBONE: Recipe()})
     graders = load_graders(tmp_path / "models", {"spinal": vocab.ENSEMBLE}, train, CROP)
     assert graders["spinal"].backbone == vocab.ENSEMBLE
@@ -351,73 +336,10 @@ def test_series_csv_errors_name_the_file_and_row(tmp_path):
         read_series_table(bad)
 
 
-def _write_models(root: Path, tiny_ingest) -> dict[str, Path]:
-    """Model files as a finished `dvc repro` leaves them (untrained weights)."""
-    torch.manual_seed(0)
-    choice = {}
-    for g in vocab.GROUPS:
-        d = root / "models" / g / BACKBONE
-        d.mkdir(parents=True)
-        save_file(
-            create_backbone(BACKBONE, CROP.slices, CROP.size_px).state_dict(),
-            str(d / "fold0.safetensors"),
-        )
-        (d / "metrics.json").write_text(json.dumps({"folds": {"fold0": {"temperature": 1.5}}}))
-        choice[g] = BACKBONE
-    for slug, loc in _localizers().items():
-        d = root / "localizers" / slug
-        d.mkdir(parents=True)
-        meta = {
-            "series": slug,
-            "encoder": "mobilenetv2_100",
-            "in_chans": loc.inp.slices,
-            "n_points": len(loc.spec.keys),
-            "decoder_channels": 8,
-            "input": {
-                "slices": loc.inp.slices,
-                "step_mm": loc.inp.step_mm,
-                "image_px": loc.inp.image_px,
-                "epochs": 1,
-            },
-        }
-        (d / "localizer.json").write_text(json.dumps(meta))
-        state = {k: v.contiguous() for k, v in loc.model.state_dict().items()}
-        save_file(state, str(d / "weights.safetensors"))
-    (root / "choice.json").write_text(json.dumps(choice))
-    tiny_ingest.labels.to_csv(root / "labels.csv", index=False)
-    params = {
-        "crop-rois": {"slices": CROP.slices, "size_px": CROP.size_px},
-        "train-per-condition": {
-            "backbones": [BACKBONE],
-            "recipes": {BACKBONE: {}},
-        },
-        "engine": {"device": "cpu", "threads": 1},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return {"root": root}
-
-
-def _cli(tiny_dataset: Path, tmp_path: Path, **options: str) -> list[str]:
-    """``spinegrade predict`` arguments pointing at _write_models' files; ``options``
-    (name -> value, underscores for dashes) override or add."""
-    args = {
-        "images": str(tiny_dataset / "test_images"),
-        "series": str(tiny_dataset / "test_series_descriptions.csv"),
-        "out": str(tmp_path / "s.csv"),
-        "models": str(tmp_path / "models"),
-        "localizers": str(tmp_path / "localizers"),
-        "selection": str(tmp_path / "choice.json"),
-        "labels": str(tmp_path / "labels.csv"),
-        "params": str(tmp_path / "params.yaml"),
-        **options,
-    }
-    return ["predict", *(x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v))]
-
-
 def test_predict_command_writes_a_submission(tiny_dataset, tiny_ingest, tmp_path, capsys):
-    _write_models(tmp_path, tiny_ingest)
+    write_bundle(tmp_path, tiny_ingest)
     out = tmp_path / "out" / "submission.csv"
-    args = _cli(
+    args = predict_args(
         tiny_dataset,
         tmp_path,
         out=str(out),
@@ -440,7 +362,7 @@ def test_predict_from_the_model_registry_grades_as_the_files_do(
     """compare-backbones registers each group's choice with alias champion; predict
     --registry loads it back and writes the same submission as from models/."""
     monkeypatch.chdir(tmp_path)
-    _write_models(tmp_path, tiny_ingest)
+    write_bundle(tmp_path, tiny_ingest)
     experiment = "registry-test"
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(
@@ -465,25 +387,26 @@ def test_predict_from_the_model_registry_grades_as_the_files_do(
     assert int(alias.version) == 2
 
     from_files, from_registry = tmp_path / "files.csv", tmp_path / "registry.csv"
-    assert spinegrade_main(_cli(tiny_dataset, tmp_path, out=str(from_files))) == 0
+    assert spinegrade_main(predict_args(tiny_dataset, tmp_path, out=str(from_files))) == 0
     shutil.rmtree(tmp_path / "models")  # nothing from models/ may be read
-    args = [*_cli(tiny_dataset, tmp_path, out=str(from_registry)), "--registry"]
+    args = [*predict_args(tiny_dataset, tmp_path, out=str(from_registry)), "--registry"]
     assert spinegrade_main(args) == 0
     pd.testing.assert_frame_equal(pd.read_csv(from_files), pd.read_csv(from_registry))
 
 
 def test_predict_command_errors_are_one_clear_line(tiny_dataset, tiny_ingest, tmp_path, caplog):
-    _write_models(tmp_path, tiny_ingest)
-    assert spinegrade_main(_cli(tiny_dataset, tmp_path, selection=str(tmp_path / "x.json"))) == 1
+    write_bundle(tmp_path, tiny_ingest)
+    missing = predict_args(tiny_dataset, tmp_path, selection=str(tmp_path / "x.json"))
+    assert spinegrade_main(missing) == 1
     assert "x.json" in caplog.text and "dvc repro" in caplog.text
     old = tmp_path / "old-choice.json"  # the model with its term: not a choice predict reads
     old.write_text(
         json.dumps({g: {"model": BACKBONE, "rsna_group_term": 0.5} for g in vocab.GROUPS})
     )
-    assert spinegrade_main(_cli(tiny_dataset, tmp_path, selection=str(old))) == 1
+    assert spinegrade_main(predict_args(tiny_dataset, tmp_path, selection=str(old))) == 1
     assert "old-choice.json: neither compare-backbones' choice" in caplog.text
     shutil.rmtree(tmp_path / "localizers" / "axial_t2")
-    assert spinegrade_main(_cli(tiny_dataset, tmp_path)) == 1
+    assert spinegrade_main(predict_args(tiny_dataset, tmp_path)) == 1
     assert "axial_t2" in caplog.text
     assert not (tmp_path / "s.csv").exists()
 

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import MISSING, chromium_path, offline_page
-from helpers import assert_no_identifiers, header_identifiers
+from helpers import assert_no_identifiers, header_identifiers, predict_args, write_bundle
 from PIL import Image
-from test_predict import _cli, _write_models, bundle  # noqa: F401  (the module's fixture)
+from test_predict import bundle  # noqa: F401  (the module's fixture)
 
 from spinegrade.cli.main import main as spinegrade_main
 from spinegrade.core import vocab
@@ -176,9 +176,9 @@ def test_a_study_without_a_series_type_shows_the_warning_and_its_prior_rows(revi
 
 
 def test_predict_command_writes_the_review_page(tiny_dataset, tiny_ingest, tmp_path, capsys):
-    _write_models(tmp_path, tiny_ingest)
+    write_bundle(tmp_path, tiny_ingest)
     page = tmp_path / "review.html"
-    args = _cli(
+    args = predict_args(
         tiny_dataset,
         tmp_path,
         report=str(page),
@@ -192,5 +192,5 @@ def test_predict_command_writes_the_review_page(tiny_dataset, tiny_ingest, tmp_p
     )
     assert index["has_answers"] and all(s["loss"] is not None for s in index["studies"])
 
-    bad = _cli(tiny_dataset, tmp_path, answers=str(tiny_dataset / vocab.TEST_LABELS_CSV))
+    bad = predict_args(tiny_dataset, tmp_path, answers=str(tiny_dataset / vocab.TEST_LABELS_CSV))
     assert spinegrade_main(bad) == 1  # answers are for the page: without --report, an error

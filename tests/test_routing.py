@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from helpers import header_identifiers
+from helpers import header_identifiers, predict_args, write_bundle
 
 import spinegrade.data.routing as routing
 from spinegrade.cli.main import parse_series_types, predict_series_table
@@ -385,16 +385,15 @@ def test_predict_without_series_grades_as_with_the_csv(
 ):
     """`spinegrade predict` on images without SeriesDescription or timing tags, without
     --series, writes the submission it writes from the CSV on the original images."""
-    # test_predict's untrained model files (tests/helpers.py does not hold them)
-    from test_predict import _cli, _write_models
 
     from spinegrade.cli.main import main as spinegrade_main
 
-    _write_models(tmp_path, tiny_ingest)
+    write_bundle(tmp_path, tiny_ingest)
     from_csv, routed = tmp_path / "csv.csv", tmp_path / "routed.csv"
-    assert spinegrade_main(_cli(tiny_dataset, tmp_path, out=str(from_csv))) == 0
+    assert spinegrade_main(predict_args(tiny_dataset, tmp_path, out=str(from_csv))) == 0
     capsys.readouterr()
-    args = _cli(tiny_dataset, tmp_path, out=str(routed), images=str(no_header_hint / "test_images"))
+    images = str(no_header_hint / "test_images")
+    args = predict_args(tiny_dataset, tmp_path, out=str(routed), images=images)
     args.remove("--series")
     args.remove(str(tiny_dataset / "test_series_descriptions.csv"))
     assert spinegrade_main(args) == 0
