@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu sweep ui mlflow-server retrain clean-venv
+.PHONY: help venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu sweep serve ui mlflow-server retrain clean-venv
 
 # The `## text` after each target is its line in `make help`.
 help: ## list the targets with one line each (the default goal)
@@ -103,6 +103,11 @@ exp-gpu: $(STAMP) ## the GPU preset (presets/gpu-rsna.yaml) as one DVC experimen
 sweep: $(STAMP) ## a grid of DVC experiments: SET='key=v1,v2,...' [NAME=prefix] (ARGS=--help)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m spinegrade.cli.sweep \
 	  $(if $(SET),-S '$(SET)') $(if $(NAME),--name '$(NAME)') $(ARGS)
+
+# The model from the workspace's DVC outputs by default; ARGS="--model
+# models:/spinegrade-study@champion" serves the registered one (docs/serve.md).
+serve: $(STAMP) ## grade studies over HTTP: an upload page and POST /v1/grade (ARGS=--help)
+	$(BIN)/spinegrade serve $(ARGS)
 
 # Ctrl-C stops it and all its worker processes.
 ui: $(STAMP) ## the MLflow UI on the workspace's store; prints the comparison's link

@@ -33,13 +33,20 @@ def chromium_path() -> Path:
 
 
 @contextmanager
-def offline_page(url: str, width: int = 1400, height: int = 900) -> Iterator[tuple]:
-    """``url`` (a file:// page) open in headless chromium with the network off.
+def offline_page(
+    url: str, width: int = 1400, height: int = 900, service: str | None = None
+) -> Iterator[tuple]:
+    """``url`` (a file:// page, or a page of ``service``) open in headless chromium with
+    the network off.
+
+    Args:
+        service: a local service's base URL (``http://127.0.0.1:8000``) whose requests
+            go through; every other one is still refused.
 
     Yields:
         (page, problems): the Playwright page, and a list that collects page errors,
-        console errors and every request that is not a ``file:`` or ``data:`` URL (each
-        refused).
+        console errors and every request that is not a ``file:`` or ``data:`` URL nor one
+        to ``service`` (each refused).
 
     Raises:
         FileNotFoundError: chromium is not installed (the message says how to install it).
@@ -50,9 +57,10 @@ def offline_page(url: str, width: int = 1400, height: int = 900) -> Iterator[tup
     if not chromium.is_file():
         raise FileNotFoundError(MISSING)
     problems: list[str] = []
+    allowed = ("file:", "data:", *([service.rstrip("/") + "/"] if service else []))
 
     def refuse_outside(route) -> None:
-        if route.request.url.startswith(("file:", "data:")):
+        if route.request.url.startswith(allowed):
             route.continue_()
         else:
             problems.append(f"request: {route.request.url}")
@@ -63,7 +71,9 @@ def offline_page(url: str, width: int = 1400, height: int = 900) -> Iterator[tup
             executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            context = browser.new_context(offline=True, viewport={"width": width, "height": height})
+            # offline emulation would cut the local service off too: the route refuses the rest
+            viewport = {"width": width, "height": height}
+            context = browser.new_context(offline=service is None, viewport=viewport)
             context.set_default_timeout(10_000)  # a broken page fails fast
             context.route("**/*", refuse_outside)
             page = context.new_page()

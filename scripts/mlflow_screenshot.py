@@ -5,10 +5,13 @@ its own process group, stopped at the end), opens the first link it prints (the 
 experiment's chart view) in Debian's chromium, headless, driven by Playwright, waits until
 the charts have drawn, and saves a PNG. With ``--review``, it opens instead the newest
 ``predict`` run's review.html artifact, which the UI shows inline, and waits for the
-page's overview inside it (docs/mlflow-review.png). Run after ``dvc repro``:
+page's overview inside it (docs/mlflow-review.png). With ``--experiments``, it opens the
+second link (the parent runs, one per DVC experiment, with their headline numbers: a
+sweep side by side, docs/mlflow-sweep.png). Run after ``dvc repro``:
 
     .venv/bin/python scripts/mlflow_screenshot.py [--out docs/mlflow-comparison.png]
     .venv/bin/python scripts/mlflow_screenshot.py --review --out docs/mlflow-review.png
+    .venv/bin/python scripts/mlflow_screenshot.py --experiments --out docs/mlflow-sweep.png
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--review", action="store_true", help="the predict run's review page, not the charts"
     )
+    parser.add_argument(
+        "--experiments", action="store_true", help="the DVC experiments' parent runs side by side"
+    )
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         try:
             deadline = time.monotonic() + 120
-            while not (m := RUNS_LINK.search(log.read_text())):
+            while len(links := RUNS_LINK.findall(log.read_text())) < 2:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     print(log.read_text(), file=sys.stderr)
                     return 1
@@ -80,17 +86,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 page = browser.new_page(viewport={"width": args.width, "height": args.height})
                 if args.review:
-                    page.goto(_review_link(m.group(1)))
+                    page.goto(_review_link(links[0]))
                     page.wait_for_selector("iframe", timeout=120_000)
                     rows = page.frame_locator("iframe").locator("#overview tbody tr")
                     rows.first.wait_for(timeout=60_000)
+                elif args.experiments:
+                    page.goto(links[1])
+                    page.wait_for_function(
+                        "document.querySelectorAll('svg text').length > 20", timeout=60_000
+                    )
                 else:
-                    page.goto(m.group(1))
+                    page.goto(links[0])
                     page.get_by_text(" / ").first.wait_for(timeout=60_000)
                 close = page.get_by_role("button", name="Close")  # the assistant side panel
                 if close.count():
                     close.first.click()
-                if not args.review:
+                if not (args.review or args.experiments):
                     page.wait_for_function(
                         "document.querySelectorAll('svg text').length > 40", timeout=60_000
                     )

@@ -31,6 +31,7 @@ PACKAGE = "spinegrade"
 # the module depends on them too.
 ASSETS = {
     "src/spinegrade/inference/page.py": ("src/spinegrade/inference/assets",),
+    "src/spinegrade/service/app.py": ("src/spinegrade/service/assets",),
 }
 
 _CODE = ("stages/", "src/")

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle.selection,
             scored.report,
             [Path(args.report), *(Path(args.out) / name for name in logged)],
+            files,
         )
         log_headline(parent, {"held_out": numbers})
         report = scored.report

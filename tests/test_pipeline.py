@@ -246,6 +246,38 @@ def test_training_param_change_reruns_only_training_onwards(pipeline, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_registers_the_study_grader_that_grades_as_predict_did(
+    pipeline, monkeypatch, no_tracking_uri
+):
+    """predict registers the whole grader as {experiment}-study@champion, logged in its
+    run; loaded from the registry it gives the held-out studies predict's own rows."""
+    import mlflow
+    import numpy as np
+
+    monkeypatch.chdir(pipeline)
+    uri = f"sqlite:///{pipeline / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    name = f"{_params(pipeline)['mlflow']['experiment']}-study"
+    version = MlflowClient(uri).get_model_version_by_alias(name, "champion")
+    predict_run = MlflowClient(uri).get_run(version.run_id)
+    assert predict_run.info.run_name == "predict"
+    assert name in predict_run.data.tags["study_model"]
+    series = pd.read_csv(pipeline / "data" / "raw" / "test_series_descriptions.csv")
+    rows = []
+    for r in series.itertuples(index=False):
+        folder = pipeline / "data" / "raw" / "test_images" / str(r.study_id) / str(r.series_id)
+        for f in sorted(folder.glob("*.dcm")):
+            rows.append({"dicom": f.read_bytes(), "series_id": str(r.series_id)})
+            rows[-1]["study_id"] = str(r.study_id)
+    got = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(pd.DataFrame(rows))
+    want = pd.read_csv(pipeline / "data" / "predict" / "submission.csv")
+    assert got["row_id"].tolist() == want["row_id"].tolist()
+    columns = list(vocab.SEVERITY_COLUMNS)
+    np.testing.assert_allclose(got[columns].to_numpy(float), want[columns].to_numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
 def test_comparison_runs_and_the_registered_choice(pipeline):
     """The comparison experiment: one flat run per (group, model) with the headline metrics
     and its dataset; each group's best model registered with alias champion."""

@@ -256,7 +256,8 @@ def predict_command(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``spinegrade`` command: ``synthesize`` a dataset, ``score`` or ``predict``."""
+    """The ``spinegrade`` command: ``synthesize`` a dataset, ``score``, ``predict`` or
+    ``serve``."""
     parser = argparse.ArgumentParser(prog="spinegrade", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     gen = sub.add_parser("synthesize", help="write a synthetic RSNA-layout dataset to a directory")
@@ -341,8 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "instead of --models and --selection",
     )
     pred.add_argument("--params", default="params.yaml", help="params (default: %(default)s)")
+    from spinegrade.cli import serve
+
+    srv = sub.add_parser(
+        "serve",
+        help="grade studies over HTTP: an upload page and POST /v1/grade (docs/serve.md)",
+        description=serve.__doc__,
+        epilog=serve.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_arguments(srv)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(getattr(args, "verbose", False))
     if args.command is None:
         parser.print_help()
         return 2
@@ -376,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(score_body)
     if args.command == "predict":
         return run(lambda: predict_command(args))
+    if args.command == "serve":
+        return run(lambda: serve.serve(args))
     return 2
 
 

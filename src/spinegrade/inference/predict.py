@@ -163,6 +163,7 @@ def predict_studies(
     on_error: str = "skip",
     explain_dir: str | Path | None = None,
     review: bool = False,
+    studies: list[int] | None = None,
 ) -> PredictResult:
     """Grade every study of ``series`` (a test_series_descriptions table) at the points
     the localizers find.
@@ -176,8 +177,11 @@ def predict_studies(
         on_error: ``skip`` a corrupt file with a warning naming it, or ``raise``.
         explain_dir: write a Grad-CAM PNG per graded (localized) row under it.
         review: gather each study's pictures for the review page (``pictures``).
+        studies: the studies to grade, in this order (default: those ``series`` lists); one
+            with no series in ``series`` gets the class prior, with warnings.
     """
-    study_ids = list(dict.fromkeys(series["study_id"].astype("int64").tolist()))
+    listed = series["study_id"].astype("int64").tolist()
+    study_ids = list(dict.fromkeys(listed if studies is None else studies))
     warnings: list[str] = []
 
     def warn(message: str) -> None:

@@ -18,6 +18,10 @@ class PredictConfig(IntervalSettings):
         bootstrap_resamples, bootstrap_seed, ci_level: the held-out scores' intervals
             (``IntervalSettings``; evaluate's are the out-of-fold ones, so changing those
             does not re-run predict).
+        register_model: log the whole study grader (localizers, the chosen graders, the
+            class prior, the code) as one MLflow model and register it as
+            ``{experiment}-study`` with alias ``champion`` (what ``spinegrade serve
+            --model`` and ``mlflow models serve`` load).
     """
 
     key: ClassVar[str] = "predict"
@@ -25,3 +29,4 @@ class PredictConfig(IntervalSettings):
     explain: bool = True
     on_error: Literal["raise", "skip"] = "skip"
     review: bool = True
+    register_model: bool = True

@@ -1,0 +1,1 @@
+"""The web grading service (``spinegrade serve``): FastAPI around the study grader."""
