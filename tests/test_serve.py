@@ -302,19 +302,30 @@ def test_a_bad_upload_gets_a_clear_4xx_and_the_service_keeps_serving(
 
 
 def test_what_cannot_be_graded_is_listed_and_the_rest_graded(server, tiny_dataset):
-    """Non-DICOM files are ignored and listed, a DICOM file without pixels is listed as
-    rejected, and the study is graded from the rest."""
+    """Non-DICOM files are ignored and listed, DICOM files without pixels or with a
+    transfer syntax no installed decoder reads are listed as rejected, and the study is
+    graded from the rest."""
     first = next((tiny_dataset / "test_images").rglob("*.dcm"))
     ds = pydicom.dcmread(first)
     del ds.PixelData
     no_pixels = io.BytesIO()
     ds.save_as(no_pixels, enforce_file_format=True)
-    extra = {"s/readme.txt": b"notes", "s/empty.dcm": no_pixels.getvalue()}
+    mpeg = pydicom.dcmread(first)
+    mpeg.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder here
+    mpeg.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    compressed = io.BytesIO()
+    mpeg.save_as(compressed, enforce_file_format=True)
+    extra = {
+        "s/readme.txt": b"notes",
+        "s/empty.dcm": no_pixels.getvalue(),
+        "s/mpeg.dcm": compressed.getvalue(),
+    }
     answer = server.grade(study_zip(tiny_dataset, top="s", **extra))
     assert answer.status_code == 200, answer.text
     warnings = "\n".join(answer.json()["warnings"])
     assert "ignored 's/readme.txt'" in warnings or "ignored s/readme.txt" in warnings, warnings
     assert "s/empty.dcm" in warnings and "no pixel data" in warnings
+    assert "s/mpeg.dcm" in warnings and "transfer syntax" in warnings, warnings
     assert len(answer.json()["rows"]) == 25
 
 
@@ -450,6 +461,16 @@ def test_a_public_address_needs_a_token_or_insecure(saved, tmp_path):
     )
     assert proc.returncode == 1
     assert "--token" in proc.stderr and "--insecure" in proc.stderr
+
+
+def test_pages_send_a_csp_and_other_origins_are_refused(server, tiny_dataset):
+    page = requests.get(f"{server.url}/", timeout=10)
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "access-control-allow-origin" not in {k.lower() for k in page.headers}
+    foreign = server.grade(study_zip(tiny_dataset), headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "cross-origin" in foreign.json()["error"]
+    same = requests.get(f"{server.url}/health", headers={"Origin": server.url}, timeout=10)
+    assert same.status_code == 200
 
 
 def test_openapi_describes_the_grade_route(server):
