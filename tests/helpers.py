@@ -199,6 +199,9 @@ def git_workspace(work: Path) -> Path:
     clone of the project is: the code, params, dvc.lock and the uncached reports committed,
     the cached outputs and the MLflow store git-ignored (DVC experiments need git)."""
     assert run_dvc(work, "config", "core.no_scm", "false").returncode == 0
+    # an experiment checks every output out into its own folder: hard links, not copies of
+    # the tiny pipeline's gigabytes of model weights (the stages replace outputs, never edit)
+    assert run_dvc(work, "config", "cache.type", "hardlink,copy").returncode == 0
     (work / ".gitignore").write_text("/data\n/models\n/localizers\n/mlruns\n__pycache__/\n")
     env = os.environ | GIT_IDENTITY
     for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "baseline"]):
