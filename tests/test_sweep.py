@@ -70,7 +70,7 @@ def test_print_shows_the_commands_and_outside_git_it_refuses(params, tmp_path, c
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2:] == [
         "dvc exp run --run-all --jobs 1",
-        "dvc exp show --only-changed --no-pager",
+        "dvc exp show --only-changed --no-pager --drop '.*/.*|^models$|^localizers$' --md",
     ]
     assert lines[0] == f"dvc exp run --queue -n lr-0.0001 -S {LR}=0.0001"
     monkeypatch.chdir(tmp_path)  # not a git repository

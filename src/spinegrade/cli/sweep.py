@@ -28,6 +28,9 @@ from spinegrade.cli.preset import check_overrides
 from spinegrade.core.entry import run, setup_logging, summary
 from spinegrade.core.errors import ConfigError
 
+# dvc exp show's dependency columns (paths: src/..., data/..., models): hashes, not results
+DEPS = ".*/.*|^models$|^localizers$"
+
 EPILOG = """\
 examples:
   make sweep SET='train-per-condition.recipes.convnext_tiny.lr=1e-4,3e-4,1e-3'
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.params}: params file not found")
         cmds = queue_commands(grid(args.sets, args.params), args.name)
         run_all = ["dvc", "exp", "run", "--run-all", "--jobs", str(args.jobs)]
-        show = ["dvc", "exp", "show", "--only-changed", "--no-pager"]
+        show = ["dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", DEPS]
+        show += [] if sys.stdout.isatty() else ["--md"]  # a pipe: no table cut at 80 columns
         if args.print:
             import shlex
 
