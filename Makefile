@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help venv repro test test-quick chromium lint bench bench-scale bench-train gpu-check exp-gpu sweep serve ui mlflow-server retrain clean-venv
+.PHONY: help venv repro test test-quick chromium lint bench bench-scale bench-train bench-serve gpu-check exp-gpu sweep serve ui mlflow-server retrain clean-venv
 
 # The `## text` after each target is its line in `make help`.
 help: ## list the targets with one line each (the default goal)
@@ -89,6 +89,10 @@ bench-scale: $(STAMP) ## the data stages at the real dataset's size (1,975 studi
 
 bench-train: $(STAMP) ## data loader against training step, images/s per backbone and precision
 	$(BIN)/python benchmarks/bench_train.py $(ARGS)
+
+# In a finished `make repro` workspace (ARGS="--workspace DIR" elsewhere, "--help" for options).
+bench-serve: $(STAMP) ## spinegrade serve under 1, 4, 8 clients against predict's batch rate
+	$(BIN)/python benchmarks/bench_serve.py $(ARGS)
 
 # Exit 1 on a non-finite loss (ARGS="--device cpu" runs it on the CPU, ARGS="--help").
 gpu-check: $(STAMP) ## one-minute GPU smoke run: one fold, one epoch per backbone and precision
