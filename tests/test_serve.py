@@ -12,6 +12,7 @@ import base64
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -177,10 +178,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(saved: Path, where: Path, *args: str) -> Iterator[Server]:
-    """`spinegrade serve --model <saved>` in its own process group, until the block ends."""
-    where.mkdir(parents=True)
-    (where / "params.yaml").write_text(yaml.safe_dump({"engine": ENGINE}))
+def serving(model: Path | str, where: Path, *args: str) -> Iterator[Server]:
+    """`spinegrade serve --model <model>` run in ``where`` (a params.yaml with the CPU engine
+    is written unless there is one), in its own process group, until the block ends."""
+    where.mkdir(parents=True, exist_ok=True)
+    if not (where / "params.yaml").is_file():
+        (where / "params.yaml").write_text(yaml.safe_dump({"engine": ENGINE}))
     tmp = where / "tmp"
     tmp.mkdir()
     port = free_port()
@@ -188,7 +191,7 @@ def serving(saved: Path, where: Path, *args: str) -> Iterator[Server]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SPINEGRADE_TOKEN")
     }
-    cmd = [sys.executable, "-m", "spinegrade.cli.serve", "--model", str(saved), "--port", str(port)]
+    cmd = [sys.executable, "-m", "spinegrade.cli.serve", "--model", str(model), "--port", str(port)]
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [*cmd, *args],
@@ -448,6 +451,28 @@ def test_a_token_guards_every_route_but_health(saved, tiny_dataset, tmp_path):
         session = requests.Session()  # the upload page: the token once in the URL, then a cookie
         assert session.get(f"{s.url}/?token=s3cret", timeout=10).status_code == 200
         assert session.get(f"{s.url}/openapi.json", timeout=10).status_code == 200
+
+
+def test_the_service_serves_the_workspace_dvc_outputs(packed, saved, tiny_dataset, tmp_path):
+    """Without --model it loads what `make repro` left in the workspace (models/,
+    localizers/, the choice, the labels, params.yaml) and grades as the model does."""
+    ws = tmp_path / "ws"
+    shutil.copytree(packed / "models", ws / "models")
+    shutil.copytree(packed / "localizers", ws / "localizers")
+    (ws / "data" / "compare-backbones").mkdir(parents=True)
+    shutil.copy(packed / "choice.json", ws / "data" / "compare-backbones" / "choice.json")
+    (ws / "data" / "ingest").mkdir()
+    shutil.copy(packed / "labels.csv", ws / "data" / "ingest" / "labels.csv")
+    shutil.copy(packed / "params.yaml", ws / "params.yaml")
+    study = sorted(p.name for p in (tiny_dataset / "test_images").iterdir())[0]
+    with serving("workspace", ws) as s:
+        health = requests.get(f"{s.url}/health", timeout=10).json()
+        assert health["status"] == "ready" and health["model"] == "workspace"
+        answer = s.grade(study_zip(tiny_dataset, study))
+    assert answer.status_code == 200, answer.text
+    frame = dicom_frame(tiny_dataset)
+    want = mlflow.pyfunc.load_model(str(saved)).predict(frame[frame["study_id"] == study])
+    assert_same_rows(pd.DataFrame(answer.json()["rows"]), want)
 
 
 def test_a_public_address_needs_a_token_or_insecure(saved, tmp_path):

@@ -20,6 +20,7 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
@@ -131,8 +132,10 @@ def workspace_model(params_path: str | Path, engine):
     from spinegrade.inference.predict import BundleFiles, load_bundle
     from spinegrade.tracking.study_model import StudyModel
 
-    sections = load_sections(params_path, TrainPerConditionConfig, CropConfig)
-    sections.engine = engine
+    loaded = load_sections(params_path, TrainPerConditionConfig, CropConfig)
+    sections = SimpleNamespace(  # the loaded sections are frozen: the engine goes beside them
+        train_per_condition=loaded.train_per_condition, crop_rois=loaded.crop_rois, engine=engine
+    )
     files = BundleFiles(
         "models", "localizers", "data/compare-backbones/choice.json", "data/ingest/labels.csv"
     )
