@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="grading threads (default: the cores / engine.threads, at least 1)",
+        help="threads unpacking and routing uploads; the model grades one at a time "
+        "(default: the cores / engine.threads, at least 1)",
     )
     parser.add_argument(
         "--queue",

@@ -7,8 +7,9 @@ review page of a graded study (kept for the last few studies graded with ``revie
 ``GET /health``; ``GET /openapi.json``.
 
 Every request gets a temporary folder of its own, removed when its response is sent, and
-the upload is unpacked only inside it (``spinegrade.data.upload``). Grading runs in a pool
-of ``workers`` threads; at most ``queue`` more requests wait for it, and beyond that the
+the upload is unpacked only inside it (``spinegrade.data.upload``). Requests are unpacked
+and routed in a pool of ``workers`` threads and graded one at a time by the model's own
+thread (the one that loaded it); at most ``queue`` more requests wait, and beyond that the
 service answers 503 with Retry-After rather than piling work up. ``/health`` answers while
 it grades. Responses name a study by its zip's top folder (or a generated name) and its
 series by number: no DICOM header value (names, ids, UIDs, dates, institutions) is sent,
@@ -70,8 +71,9 @@ class ServiceSettings:
     """How the service runs.
 
     Attributes:
-        workers: grading threads (each uses the engine's torch threads).
-        queue: requests that may wait for a grading thread; more get 503.
+        workers: threads that unpack and route uploads; the model grades one study at a
+            time in a thread of its own (with the engine's torch threads).
+        queue: requests that may wait beyond ``workers``; more get 503.
         limits: caps on the upload (``max_upload_bytes``: more gets 413 before it is all
             read) and on what its zip may unpack to (``spinegrade.data.upload``).
         token: when set, every route but /health needs ``Authorization: Bearer <token>``
@@ -96,7 +98,10 @@ class Service:
         self.name = name
         self.model = None
         self.error: str | None = None
-        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="grade")
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="upload")
+        # the model loads and grades in one thread of its own: torch ran 60% slower
+        # grading in another thread than the one that loaded the model (measured)
+        self.torch = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.inflight = 0
         self.served = 0
         self.reviews: OrderedDict[str, str] = OrderedDict()
@@ -121,7 +126,8 @@ class Service:
         decided = list(routed.series.itertuples(index=False))
         study = StudyFiles(name, 1, {int(r.series_id): str(r.series_id) for r in decided})
         types = {(1, int(r.series_id)): r.series_description for r in decided}
-        (graded,) = self.model.grade(root, [study], {k: v for k, v in types.items() if v}, review)
+        typed = {k: v for k, v in types.items() if v}
+        (graded,) = self.torch.submit(self.model.grade, root, [study], typed, review).result()
         warnings = [f"ignored {n} (not DICOM)" for n in unpacked.ignored]
         warnings += [f"rejected {n}: {why}" for n, why in unpacked.rejected]
         warnings += [re.sub(r"\bstudy 1\b", f"study {name}", w) for w in routed.warnings]
@@ -178,10 +184,11 @@ def create_app(load: Callable[[], object], settings: ServiceSettings, name: str)
 
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
-        loading = loop.run_in_executor(None, service.load)
+        loading = loop.run_in_executor(service.torch, service.load)
         yield
         await loading
         service.pool.shutdown(wait=False, cancel_futures=True)
+        service.torch.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="spinegrade",
