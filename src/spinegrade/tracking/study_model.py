@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
@@ -52,6 +53,11 @@ from spinegrade.inference.study import (
 log = logging.getLogger(__name__)
 
 ARTIFACT = "bundle"
+DESCRIPTION = (
+    "The whole study grader (localizers, the chosen grader per group, the class prior): "
+    "DICOM files in, the 25 submission rows per study out. Logged by the predict stage; "
+    "serve with `mlflow models serve` or `spinegrade serve --model` (docs/serve.md)."
+)
 MODEL_NAME = "study-grader"
 ALIAS = "champion"
 # the params sections the bundle carries: how its models were trained and cropped, and the
@@ -243,8 +249,16 @@ def log_study_model(
         packed = pack_bundle(files, params_path, Path(tmp) / ARTIFACT)
         info = mlflow.pyfunc.log_model(name=MODEL_NAME, **model_arguments(packed))
     name = registered_name(experiment)
-    version = mlflow.register_model(info.model_uri, name).version
     client = mlflow.MlflowClient()
+    try:  # the client, not mlflow.register_model, which prints to the console
+        client.create_registered_model(name, description=DESCRIPTION)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run_id = mlflow.active_run().info.run_id
+    version = client.create_model_version(
+        name, info.model_uri, run_id=run_id, model_id=info.model_id
+    ).version
     client.set_registered_model_alias(name, ALIAS, version)
     log.debug("registered %s version %s as @%s", name, version, ALIAS)
     return f"models:/{name}@{ALIAS}", str(version)
