@@ -28,8 +28,6 @@ from spinegrade.inference.review import StudyPictures, review_data
 # What a study's name may hold: it becomes the prefix of every row_id and a page title.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-SEVERITY_COLUMNS = list(vocab.SEVERITY_COLUMNS)
-
 
 @dataclass
 class StudyFiles:
@@ -160,6 +158,7 @@ def lay_out_files(frame: pd.DataFrame, root: Path) -> tuple[list[StudyFiles], di
         if column not in frame.columns:
             raise DataError(f"model input: no column {column!r} (columns: {list(frame.columns)})")
     studies: dict[str, StudyFiles] = {}
+    numbers: dict[tuple[str, str], int] = {}  # (study name, series id) -> series number
     described: dict[tuple[int, int], str | None] = {}
     counts: dict[tuple[int, int], int] = {}
     for i, row in enumerate(frame.itertuples(index=False)):
@@ -170,10 +169,9 @@ def lay_out_files(frame: pd.DataFrame, root: Path) -> tuple[list[StudyFiles], di
         if study is None:
             study = studies[name] = StudyFiles(check_name(name), len(studies) + 1)
         given = str(row.series_id)
-        numbers = {v: k for k, v in study.series.items()}
-        number = numbers.get(given)
+        number = numbers.get((name, given))
         if number is None:
-            number = len(study.series) + 1
+            number = numbers[(name, given)] = len(study.series) + 1
             study.series[number] = given
         blob = row.dicom
         if isinstance(blob, str):  # base64, when MLflow's schema enforcement did not decode it

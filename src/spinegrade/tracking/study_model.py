@@ -111,7 +111,7 @@ def registered_name(experiment: str) -> str:
 
 
 def pack_bundle(files: BundleFiles, params_path: str | Path, dest: Path) -> Path:
-    """Copy what the model needs into ``dest``: models/ (the chosen graders' members
+    """Link (else copy) what the model needs into ``dest``: models/ (the chosen graders' members
     only), localizers/, choice.json, labels.csv (the class prior) and params.yaml (the
     train-per-condition, crop-rois and engine sections)."""
     import json
@@ -123,10 +123,9 @@ def pack_bundle(files: BundleFiles, params_path: str | Path, dest: Path) -> Path
     for group, model in choice.items():
         members = train.backbones if model == vocab.ENSEMBLE else [model]
         for backbone in members:
-            shutil.copytree(
-                Path(files.models) / group / backbone, dest / "models" / group / backbone
-            )
-    shutil.copytree(files.localizers, dest / "localizers")
+            part = Path(group) / backbone
+            shutil.copytree(Path(files.models) / part, dest / "models" / part, copy_function=_link)
+    shutil.copytree(files.localizers, dest / "localizers", copy_function=_link)
     shutil.copy(files.selection, dest / "choice.json")
     shutil.copy(files.labels, dest / "labels.csv")
     kept = {k: params[k] for k in SECTIONS}
