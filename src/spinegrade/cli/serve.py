@@ -167,9 +167,8 @@ def serve(args: argparse.Namespace) -> None:
     from spinegrade.service.app import ServiceSettings, create_app
 
     check_bind(args.host, args.token, args.insecure)
-    for name in ("workers", "queue", "max_upload_mb"):
-        if getattr(args, name) < (0 if name != "max_upload_mb" else 1):
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.workers < 0 or args.queue < 0 or args.max_upload_mb < 1:
+        raise ConfigError("--workers and --queue must be >= 0 and --max-upload-mb >= 1")
     if args.model == WORKSPACE and not Path("models").is_dir():
         raise ConfigError(
             "no models/ here: run `make repro` first, or serve a registered model with "

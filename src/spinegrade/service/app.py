@@ -125,9 +125,10 @@ class Service:
         routed = route_study(root / "1", {int(k): v for k, v in overrides.items()}, study_id=1)
         decided = list(routed.series.itertuples(index=False))
         study = StudyFiles(name, 1, {int(r.series_id): str(r.series_id) for r in decided})
-        types = {(1, int(r.series_id)): r.series_description for r in decided}
-        typed = {k: v for k, v in types.items() if v}
-        (graded,) = self.torch.submit(self.model.grade, root, [study], typed, review).result()
+        types = {
+            (1, int(r.series_id)): r.series_description for r in decided if r.series_description
+        }
+        (graded,) = self.torch.submit(self.model.grade, root, [study], types, review).result()
         warnings = [f"ignored {n} (not DICOM)" for n in unpacked.ignored]
         warnings += [f"rejected {n}: {why}" for n, why in unpacked.rejected]
         warnings += [re.sub(r"\bstudy 1\b", f"study {name}", w) for w in routed.warnings]
@@ -158,19 +159,9 @@ class Service:
 
 
 def _points(points, name: str) -> list[dict]:
-    if points.empty:
-        return []
-    out = points.drop(columns=["study_id"], errors="ignore").copy()
-    records = out.to_dict("records")
-    return [{"study_id": name, **{k: _plain(v) for k, v in r.items()}} for r in records]
-
-
-def _plain(value):
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+    """The points found, as JSON records (NaN as null) named by the study's name."""
+    records = json.loads(points.drop(columns=["study_id"]).to_json(orient="records"))
+    return [{"study_id": name, **r} for r in records]
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
