@@ -305,6 +305,7 @@ def test_bad_folders_are_named(tmp_path):
     assert route_series(empty).reason == "no .dcm files"
     (empty / "1.dcm").write_text("not dicom")
     assert route_series(empty).reason == "none of its 1 files is readable DICOM"
+    assert route_series(empty, headers=[]).reason == "no readable DICOM files"
 
 
 def test_reasons_and_warnings_hold_no_identifiers(

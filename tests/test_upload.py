@@ -25,14 +25,15 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from spinegrade.data import upload
+from spinegrade.data import routing, upload
 from spinegrade.data.dicom import read_series
+from spinegrade.data.routing import route_study
 from spinegrade.data.upload import (
     Unpacked,
     UploadError,
     UploadLimits,
+    capped_async,
     copy_capped,
-    copy_capped_async,
     unpack_study,
 )
 from spinegrade.inference.studies import read_study
@@ -168,7 +169,7 @@ def originals(study: Path) -> list[Path]:
     return sorted(study.iterdir(), key=lambda d: int(d.name) % 100000)
 
 
-def test_a_study_in_any_layout_becomes_the_test_images_tree(study, secrets, tmp_path):
+def test_a_study_in_any_layout_becomes_the_test_images_tree(study, secrets, tmp_path, monkeypatch):
     entries = study_entries(study, top="Jane Doe (knee?)")
     entries += [("Jane Doe (knee?)/notes.txt", b"hello"), ("__MACOSX/._IM00000", b"\0" * 300)]
     source = write_zip(tmp_path / "study.zip", entries)
@@ -195,6 +196,15 @@ def test_a_study_in_any_layout_becomes_the_test_images_tree(study, secrets, tmp_
         # each written file is byte for byte the entry it names
         by_name = dict(entries)
         assert all(p.read_bytes() == by_name[got.sources[p]] for p in files)
+
+    # the routing tags read while unpacking are those routing reads from the placed files
+    assert {k: [h.path for h in hs] for k, hs in got.headers.items()} == got.series
+    with monkeypatch.context() as patched:
+        patched.setattr(routing, "_read_header", lambda path: pytest.fail(f"{path} read again"))
+        given = route_study(dest, study_id=1, headers=got.headers)
+    read = route_study(dest, study_id=1)
+    pd.testing.assert_frame_equal(given.series, read.series)
+    assert given.warnings == read.warnings
 
     # the predict path reads it as a study of the test_images tree
     table = pd.DataFrame({"series_id": sorted(got.series), "series_description": "any"})
@@ -244,9 +254,12 @@ def test_copy_capped_stops_before_the_chunk_past_the_limit():
         for _ in range(100):
             yield b"y" * 1024
 
+    async def read(limit: int) -> int:
+        return sum([len(chunk) async for chunk in capped_async(body(), limit)])
+
     with pytest.raises(UploadError, match="the upload is over the limit of 2 KiB"):
-        asyncio.run(copy_capped_async(body(), io.BytesIO(), 2048))
-    assert asyncio.run(copy_capped_async(body(), io.BytesIO(), 1 << 20)) == 100 * 1024
+        asyncio.run(read(2048))
+    assert asyncio.run(read(1 << 20)) == 100 * 1024
 
 
 def test_not_a_zip(tmp_path):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,7 +223,17 @@ def canal_contrast(pixels: np.ndarray, iop: Iterable[float], spacing: Iterable[f
 
 
 @dataclass(frozen=True)
-class _Header:
+class SeriesHeader:
+    """One file's routing tags (``HEADER_TAGS``), read by :func:`header_of`.
+
+    Attributes:
+        path: the file (the image basis decodes the middle slice's pixels from it).
+        description: SeriesDescription, "" when absent.
+        iop: ImageOrientationPatient (6 finite numbers) or None.
+        ipp: ImagePositionPatient (3 finite numbers) or None.
+        timing: RepetitionTime, EchoTime, InversionTime in ms, each None when absent.
+    """
+
     path: Path
     description: str
     iop: tuple[float, ...] | None
@@ -247,13 +257,19 @@ def _numbers(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | N
     return values if len(values) == n and all(np.isfinite(values)) else None
 
 
-def _read_header(path: Path) -> _Header | None:
+def _read_header(path: Path) -> SeriesHeader | None:
     """The routing tags of one file (no pixels), or None when it is not readable DICOM."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
         return None
-    return _Header(
+    return header_of(ds, path)
+
+
+def header_of(ds: pydicom.Dataset, path: Path) -> SeriesHeader:
+    """The routing tags of ``ds``, read from ``path`` (which needs only ``HEADER_TAGS``):
+    for a caller that has read the header already, as an upload's unpacking does."""
+    return SeriesHeader(
         path=path,
         description=str(ds.get("SeriesDescription", "") or ""),
         iop=_numbers(ds, "ImageOrientationPatient", 6),
@@ -280,12 +296,18 @@ def _median(values: list[float | None]) -> float | None:
     return float(np.median(present)) if present else None
 
 
-def route_series(series_dir: str | Path, override: str | None = None) -> Route:
+def route_series(
+    series_dir: str | Path,
+    override: str | None = None,
+    headers: Sequence[SeriesHeader] | None = None,
+) -> Route:
     """Decide one series folder's type (see the module docstring).
 
     Args:
         series_dir: a folder of one series' ``*.dcm`` files, named by its series id.
         override: the caller's type for it (a ``vocab.SERIES_TYPES`` name or its slug).
+        headers: its files' routing tags when the caller has read them (``header_of``);
+            by default each ``*.dcm`` file's header is read here.
 
     Raises:
         DataError: the folder's name is not an integer series id.
@@ -302,12 +324,15 @@ def route_series(series_dir: str | Path, override: str | None = None) -> Route:
     def unroutable(reason: str) -> Route:
         return Route(series_id, None, "unroutable", reason)
 
-    files = sorted(series_dir.glob("*.dcm"))
-    if not files:
-        return unroutable("no .dcm files")
-    headers = [h for h in map(_read_header, files) if h is not None]
-    if not headers:
-        return unroutable(f"none of its {len(files)} files is readable DICOM")
+    if headers is None:
+        files = sorted(series_dir.glob("*.dcm"))
+        if not files:
+            return unroutable("no .dcm files")
+        headers = [h for h in map(_read_header, files) if h is not None]
+        if not headers:
+            return unroutable(f"none of its {len(files)} files is readable DICOM")
+    elif not headers:
+        return unroutable("no readable DICOM files")
     described = Counter(h.description for h in headers if h.description).most_common(1)
     by_description = type_of_description(described[0][0]) if described else None
     oriented = [h for h in headers if h.iop is not None]
@@ -349,7 +374,7 @@ def route_series(series_dir: str | Path, override: str | None = None) -> Route:
     return _route_by_image(series_id, oriented, timing)
 
 
-def _route_by_image(series_id: int, headers: list[_Header], timing: str) -> Route:
+def _route_by_image(series_id: int, headers: Sequence[SeriesHeader], timing: str) -> Route:
     """A sagittal series by ``canal_contrast`` of its middle slice (by position)."""
     with_position = [h for h in headers if h.ipp is not None]
     if with_position:
@@ -398,6 +423,7 @@ def route_study(
     study: str | Path | Iterable[str | Path],
     overrides: Mapping[int, str] | None = None,
     study_id: int | None = None,
+    headers: Mapping[int, Sequence[SeriesHeader]] | None = None,
 ) -> Routing:
     """Route every series of one study.
 
@@ -406,6 +432,8 @@ def route_study(
             series folders.
         overrides: series id -> type (a name or slug) that wins over everything else.
         study_id: the study's id; default the folder's name (the series folders' parent's).
+        headers: series id -> its files' routing tags, when the caller has read them
+            (``spinegrade.data.upload``); a series not in it has its headers read here.
 
     Raises:
         DataError: the study or a series folder is not named by an integer id.
@@ -426,7 +454,11 @@ def route_study(
     if study_id is None:
         study_id = _folder_id(study_dir, "study")
     overrides = dict(overrides or {})
-    routes = [route_series(d, overrides.get(_folder_id(d))) for d in series_dirs]
+    headers = dict(headers or {})
+    routes = [
+        route_series(d, overrides.get(_folder_id(d)), headers.get(_folder_id(d)))
+        for d in series_dirs
+    ]
     rows = [(study_id, r.series_id, r.series_type or "", r.basis, r.reason) for r in routes]
     table = pd.DataFrame(rows, columns=list(ROUTING_COLUMNS)).astype(
         {"study_id": "int64", "series_id": "int64"}

@@ -35,8 +35,8 @@ import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import AsyncIterable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,6 +47,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from spinegrade.core.errors import DataError
+from spinegrade.data.routing import HEADER_TAGS, SeriesHeader, header_of
 
 CHUNK = 1 << 20  # bytes read, written or inflated at a time
 MiB = 1 << 20
@@ -121,6 +122,8 @@ class Unpacked:
             a transfer syntax no installed decoder reads, no SeriesInstanceUID, an
             unreadable header.
         sources: each written file -> the zip entry it came from.
+        headers: series id -> its files' routing tags (``spinegrade.data.routing``), read
+            with the grouping keys so that routing need not read the headers again.
     """
 
     study_name: str | None
@@ -128,6 +131,7 @@ class Unpacked:
     ignored: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     sources: dict[Path, str] = field(default_factory=dict)
+    headers: dict[int, list[SeriesHeader]] = field(default_factory=dict)
 
 
 def copy_capped(
@@ -147,21 +151,30 @@ def copy_capped(
     return total
 
 
-async def copy_capped_async(
-    chunks: AsyncIterable[bytes], out: BinaryIO, limit: int, what: str = "the upload"
-) -> int:
-    """:func:`copy_capped` for an async chunk iterator (Starlette's ``request.stream()``)."""
+async def capped_async(
+    chunks: AsyncIterable[bytes], limit: int, what: str = "the upload"
+) -> AsyncIterator[bytes]:
+    """``chunks`` (Starlette's ``request.stream()``) as they come, up to ``limit`` bytes.
+
+    Raises:
+        UploadError: 413 at the chunk that would pass ``limit``, before it is yielded (and
+            before the rest is read).
+    """
     total = 0
     async for chunk in chunks:
         total = _counted(total, chunk, limit, what)
-        out.write(chunk)
-    return total
+        yield chunk
+
+
+def too_large(what: str, limit: int) -> UploadError:
+    """The 413 for ``what`` (an upload, a body) over ``limit`` bytes."""
+    return UploadError(413, f"{what} is over the limit of {_size(limit)}")
 
 
 def _counted(total: int, chunk: bytes, limit: int, what: str) -> int:
     total += len(chunk)
     if total > limit:
-        raise UploadError(413, f"{what} is over the limit of {_size(limit)}")
+        raise too_large(what, limit)
     return total
 
 
@@ -298,6 +311,7 @@ class _Dicom:
     series_uid: str  # never leaves this module
     series_number: float
     instance_number: float
+    header: SeriesHeader  # the routing tags; its path is the staged file until placed
 
 
 def _unpack(
@@ -343,10 +357,10 @@ def _unpack(
                 f"(entry {_show(entry)}: {reason})",
             )
         raise UploadError(422, f"no DICOM files among the zip's {files} files")
-    series, sources = _place(dicoms, root, created)
+    series, sources, headers = _place(dicoms, root, created)
     shutil.rmtree(staging)
     created.remove(staging)
-    return Unpacked(_study_name(infos), series, ignored, rejected, sources)
+    return Unpacked(_study_name(infos), series, ignored, rejected, sources, headers)
 
 
 def _open_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
@@ -399,12 +413,19 @@ def _read_header(path: Path, info: zipfile.ZipInfo, limits: UploadLimits) -> _Di
         ds = pydicom.dcmread(
             path,
             defer_size=CHUNK,
-            specific_tags=["SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "PixelData"],
+            specific_tags=[
+                "SeriesInstanceUID",
+                "SeriesNumber",
+                "InstanceNumber",
+                "PixelData",
+                *HEADER_TAGS,
+            ],
         )
         pixels = ds.get_item("PixelData", keep_deferred=True)
         series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
         series_number = _number(ds.get("SeriesNumber"))
         instance_number = _number(ds.get("InstanceNumber"))
+        header = header_of(ds, path)
     except UploadError:
         raise
     except Exception as exc:  # pydicom raises many types on malformed headers
@@ -431,7 +452,7 @@ def _read_header(path: Path, info: zipfile.ZipInfo, limits: UploadLimits) -> _Di
         return "pixel data cut short (the file ends before it does)"
     if not series_uid:
         return "no SeriesInstanceUID"
-    return _Dicom(info.filename, path, series_uid, series_number, instance_number)
+    return _Dicom(info.filename, path, series_uid, series_number, instance_number, header)
 
 
 def _check_inflated(fp: BinaryIO, size: int, info: zipfile.ZipInfo, limits: UploadLimits) -> None:
@@ -464,8 +485,9 @@ def _number(value) -> float:
 
 def _place(
     dicoms: list[_Dicom], root: Path, created: list[Path]
-) -> tuple[dict[int, list[Path]], dict[Path, str]]:
-    """Move the staged files to ``root/{series_id}/{n}.dcm``."""
+) -> tuple[dict[int, list[Path]], dict[Path, str], dict[int, list[SeriesHeader]]]:
+    """Move the staged files to ``root/{series_id}/{n}.dcm``: the files, their entries and
+    their routing tags per series."""
     groups: dict[str, list[_Dicom]] = {}
     for d in dicoms:
         groups.setdefault(d.series_uid, []).append(d)
@@ -475,6 +497,7 @@ def _place(
     )
     series: dict[int, list[Path]] = {}
     sources: dict[Path, str] = {}
+    headers: dict[int, list[SeriesHeader]] = {}
     for series_id, members in enumerate(ordered, start=1):
         folder = _inside(root, root / str(series_id))
         folder.mkdir()
@@ -485,7 +508,8 @@ def _place(
             os.replace(d.staged, target)
             series.setdefault(series_id, []).append(target)
             sources[target] = d.entry
-    return series, sources
+            headers.setdefault(series_id, []).append(replace(d.header, path=target))
+    return series, sources, headers
 
 
 def _study_name(infos: list[zipfile.ZipInfo]) -> str | None:

@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 from spinegrade.core import vocab
 from spinegrade.core.errors import EXPECTED_ERRORS
 from spinegrade.data.routing import route_study
-from spinegrade.data.upload import UploadError, UploadLimits, unpack_study
+from spinegrade.data.upload import UploadError, UploadLimits, too_large, unpack_study
 from spinegrade.inference.study import StudyFiles, review_html
 from spinegrade.service.form import read_form
 
@@ -122,7 +122,8 @@ class Service:
         (root / "1").mkdir(parents=True)
         unpacked = unpack_study(upload, root / "1", self.settings.limits)
         name = unpacked.study_name or f"study-{secrets.token_hex(4)}"
-        routed = route_study(root / "1", {int(k): v for k, v in overrides.items()}, study_id=1)
+        overrides_by_id = {int(k): v for k, v in overrides.items()}
+        routed = route_study(root / "1", overrides_by_id, study_id=1, headers=unpacked.headers)
         decided = list(routed.series.itertuples(index=False))
         study = StudyFiles(name, 1, {int(r.series_id): str(r.series_id) for r in decided})
         types = {
@@ -260,8 +261,7 @@ def create_app(load: Callable[[], object], settings: ServiceSettings, name: str)
             return error(503, "busy: every grading slot is taken, try again shortly", retry)
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.limits.max_upload_bytes:
-            limit = settings.limits.max_upload_bytes / 2**20
-            return error(413, f"the upload is over the limit of {limit:.0f} MB")
+            return error(413, too_large("the upload", settings.limits.max_upload_bytes).message)
         service.inflight += 1
         folder = Path(tempfile.mkdtemp(prefix="spinegrade-serve-"))
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from spinegrade.data.upload import UploadError
+from spinegrade.data.upload import UploadError, capped_async
 
 FIELD_LIMIT = 64 * 1024  # bytes of a form field that is not the file
 
@@ -107,12 +107,8 @@ async def read_form(
             "on_part_end": on_part_end,
         },
     )
-    received = 0
     try:
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > limit:
-                raise UploadError(413, f"the upload is over the limit of {limit / 2**20:.0f} MB")
+        async for chunk in capped_async(chunks, limit):
             try:
                 parser.write(chunk)
             except UploadError:
