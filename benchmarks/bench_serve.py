@@ -71,10 +71,10 @@ import psutil
 import requests
 
 from spinegrade.cli.process_group import free_port, group_members, start_server, stop_group
+from spinegrade.inference.files import BundleFiles
 
 IMAGES = Path("data/raw/test_images")
 SERIES = Path("data/raw/test_series_descriptions.csv")
-NEEDED = ("models", "localizers", "data/compare-backbones/choice.json", "data/ingest/labels.csv")
 GOAL_THROUGHPUT = 0.90  # the 4-client rate over predict's warm rate, at least
 GOAL_P50_S = 1.5  # one client's median latency, at most
 GOAL_MEMORY = 0.10  # memory after 200 within this fraction of memory after 10
@@ -125,8 +125,10 @@ def parse_args() -> argparse.Namespace:
     if args.workers < 0 or args.queue < 0:
         p.error("--workers and --queue must not be negative")
     args.workspace = args.workspace.resolve()
-    needed = (*NEEDED, "params.yaml", IMAGES, SERIES)
-    missing = ", ".join(str(n) for n in needed if not (args.workspace / n).exists())
+    others = [args.workspace / n for n in ("params.yaml", IMAGES, SERIES)]
+    absent = BundleFiles.workspace(args.workspace).missing()
+    absent += [p for p in others if not p.exists()]
+    missing = ", ".join(str(p.relative_to(args.workspace)) for p in absent)
     if missing:
         p.error(f"{args.workspace} is no finished `make repro` workspace: no {missing}")
     return args
@@ -185,11 +187,11 @@ def warm_predict(ws: Path, repeats: int):
     from spinegrade.core.config.params import load_params
     from spinegrade.core.runtime import set_threads
     from spinegrade.data.tables import read_series_table
-    from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies
+    from spinegrade.inference.predict import load_bundle, predict_studies
 
     params = load_params(ws / "params.yaml")
     set_threads(params.engine.threads)
-    files = BundleFiles(*(ws / n for n in NEEDED))
+    files = BundleFiles.workspace(ws)
     bundle = load_bundle(files, params)
     series = read_series_table(ws / SERIES)
     first = int(series["study_id"].iloc[0])

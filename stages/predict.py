@@ -34,7 +34,8 @@ from spinegrade.core.runtime import set_threads
 from spinegrade.core.vocab import TEST_COORDINATES_CSV, TEST_LABELS_CSV
 from spinegrade.data.tables import read_labels, read_series_table
 from spinegrade.evaluation.predict import held_out_headline, predict_report, review_summary
-from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
+from spinegrade.inference.files import BundleFiles
+from spinegrade.inference.predict import load_bundle, predict_studies, write_review
 from spinegrade.scoring.metrics import solution_from_wide
 from spinegrade.tracking.predict import log_predict
 from spinegrade.tracking.store import log_headline
@@ -52,12 +53,17 @@ SECTIONS = (
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--source", default="data/ingest/source.json", help="ingest's source.json")
-    parser.add_argument("--labels", default="data/ingest/labels.csv", help="ingest's label table")
-    parser.add_argument("--models", default="models", help="train-per-condition outputs")
-    parser.add_argument("--localizers", default="localizers", help="train-localizer outputs")
+    workspace = BundleFiles.workspace()
+    parser.add_argument("--labels", default=str(workspace.labels), help="ingest's label table")
+    parser.add_argument(
+        "--models", default=str(workspace.models), help="train-per-condition outputs"
+    )
+    parser.add_argument(
+        "--localizers", default=str(workspace.localizers), help="train-localizer outputs"
+    )
     parser.add_argument(
         "--selection",
-        default="data/compare-backbones/choice.json",
+        default=str(workspace.selection),
         help="compare-backbones' choice: the model per group",
     )
     parser.add_argument("--out", default="data/predict", help="output directory")

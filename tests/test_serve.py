@@ -36,7 +36,8 @@ from helpers import free_port, header_identifiers, write_bundle
 
 from spinegrade.core import vocab
 from spinegrade.data.tables import read_series_table
-from spinegrade.inference.predict import BundleFiles, predict_studies
+from spinegrade.inference.files import BundleFiles
+from spinegrade.inference.predict import predict_studies
 from spinegrade.tracking.study_model import load_packed, log_study_model, model_arguments
 
 pytestmark = pytest.mark.server

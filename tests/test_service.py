@@ -5,12 +5,15 @@ over HTTP, is tests/test_serve.py."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from spinegrade.cli import serve
 from spinegrade.cli.serve import check_bind
 from spinegrade.core.errors import ConfigError
 from spinegrade.data.upload import UploadError
+from spinegrade.inference.files import BundleFiles
 from spinegrade.service.app import _overrides
 from spinegrade.service.form import read_form
 
@@ -93,3 +96,20 @@ def test_only_loopback_binds_without_a_token():
     check_bind("10.0.0.5", None, True)
     with pytest.raises(ConfigError, match="--token.*--insecure"):
         check_bind("0.0.0.0", None, False)
+
+
+def test_serving_the_workspace_names_what_make_repro_has_not_made(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data" / "ingest").mkdir(parents=True)
+    (tmp_path / "data" / "ingest" / "labels.csv").write_text("study_id\n")
+
+    assert serve.main([]) == 1
+
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"no localizers, {Path('data/compare-backbones/choice.json')} here" in said
+    assert "make repro" in said and "models:/spinegrade-study@champion" in said
+    assert BundleFiles.workspace(tmp_path).missing() == [
+        tmp_path / "localizers",
+        tmp_path / "data" / "compare-backbones" / "choice.json",
+    ]

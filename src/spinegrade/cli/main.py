@@ -12,6 +12,9 @@ from spinegrade.core import vocab
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError, DataError
 from spinegrade.data.tables import read_csv_checked, read_labels, read_predictions
+from spinegrade.inference.files import BundleFiles
+
+WORKSPACE = BundleFiles.workspace()  # predict's defaults: what `make repro` leaves
 
 SCORE_NAME = "rsna score (weighted log loss, lower is better)"
 
@@ -206,7 +209,7 @@ def predict_command(args: argparse.Namespace) -> None:
     from spinegrade.core.config.params import load_params
     from spinegrade.core.io import write_csv
     from spinegrade.core.runtime import set_threads
-    from spinegrade.inference.predict import BundleFiles, load_bundle, predict_studies, write_review
+    from spinegrade.inference.predict import load_bundle, predict_studies, write_review
     from spinegrade.scoring.metrics import solution_from_wide
 
     params = load_params(args.params)
@@ -320,19 +323,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="skip",
         help="a corrupt DICOM file: skip it with a warning, or stop (default: %(default)s)",
     )
-    pred.add_argument("--models", default="models", help="graders (default: %(default)s)")
     pred.add_argument(
-        "--localizers", default="localizers", help="localizers (default: %(default)s)"
+        "--models", default=str(WORKSPACE.models), help="graders (default: %(default)s)"
+    )
+    pred.add_argument(
+        "--localizers",
+        default=str(WORKSPACE.localizers),
+        help="localizers (default: %(default)s)",
     )
     pred.add_argument(
         "--selection",
-        default="data/compare-backbones/choice.json",
+        default=str(WORKSPACE.selection),
         help="compare-backbones' choice of model per group, or its comparison report "
         "reports/compare-backbones.json (default: %(default)s)",
     )
     pred.add_argument(
         "--labels",
-        default="data/ingest/labels.csv",
+        default=str(WORKSPACE.labels),
         help="training label table, for the class prior (default: %(default)s)",
     )
     pred.add_argument(

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 from spinegrade.core.entry import run, setup_logging
 from spinegrade.core.errors import ConfigError
+from spinegrade.inference.files import BundleFiles
 
 EPILOG = """\
 examples:
@@ -130,18 +131,15 @@ def workspace_model(params_path: str | Path, engine):
     from spinegrade.core.config.base import load_sections
     from spinegrade.core.config.crop_rois import CropConfig
     from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
-    from spinegrade.inference.predict import BundleFiles, load_bundle
+    from spinegrade.inference.predict import load_bundle
     from spinegrade.tracking.study_model import StudyModel
 
     loaded = load_sections(params_path, TrainPerConditionConfig, CropConfig)
     sections = SimpleNamespace(  # the loaded sections are frozen: the engine goes beside them
         train_per_condition=loaded.train_per_condition, crop_rois=loaded.crop_rois, engine=engine
     )
-    files = BundleFiles(
-        "models", "localizers", "data/compare-backbones/choice.json", "data/ingest/labels.csv"
-    )
     model = StudyModel(engine)
-    model.bundle = load_bundle(files, sections)
+    model.bundle = load_bundle(BundleFiles.workspace(), sections)
     return model
 
 
@@ -169,10 +167,10 @@ def serve(args: argparse.Namespace) -> None:
     check_bind(args.host, args.token, args.insecure)
     if args.workers < 0 or args.queue < 0 or args.max_upload_mb < 1:
         raise ConfigError("--workers and --queue must be >= 0 and --max-upload-mb >= 1")
-    if args.model == WORKSPACE and not Path("models").is_dir():
+    if args.model == WORKSPACE and (missing := BundleFiles.workspace().missing()):
         raise ConfigError(
-            "no models/ here: run `make repro` first, or serve a registered model with "
-            "--model models:/spinegrade-study@champion"
+            f"no {', '.join(map(str, missing))} here: run `make repro` first, or serve a "
+            "registered model with --model models:/spinegrade-study@champion"
         )
     engine = engine_of(args.params)
     workers = args.workers or max(1, (os.cpu_count() or 1) // max(1, engine.threads))

@@ -30,6 +30,7 @@ from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
 from spinegrade.inference.explain import explain_rows, write_explanations
+from spinegrade.inference.files import BundleFiles
 from spinegrade.inference.grading import (
     Grader,
     grade_points,
@@ -60,24 +61,6 @@ class Bundle:
     prior_solution: pd.DataFrame
     crop: CropConfig
     selection: dict[str, str]
-
-
-@dataclass(frozen=True)
-class BundleFiles:
-    """Where predict's models and class prior come from: a finished ``dvc repro``'s outputs.
-
-    Attributes:
-        models: train-per-condition outputs ({group}/{backbone}/).
-        localizers: train-localizer outputs ({series type}/).
-        selection: compare-backbones' choice (data/compare-backbones/choice.json: the model
-            per group), or its comparison report (reports/compare-backbones.json).
-        labels: ingest's labels.csv (training labels: the class prior).
-    """
-
-    models: str | Path
-    localizers: str | Path
-    selection: str | Path
-    labels: str | Path
 
 
 class BundleParams(Protocol):

@@ -14,7 +14,7 @@ from spinegrade.tracking.study_model import log_study_model
 
 if TYPE_CHECKING:
     from spinegrade.core.config.predict import PredictConfig
-    from spinegrade.inference.predict import BundleFiles
+    from spinegrade.inference.files import BundleFiles
 
 
 def log_predict(

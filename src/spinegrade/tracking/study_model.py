@@ -41,7 +41,8 @@ from spinegrade.core.config.base import load_sections
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.engine import EngineConfig
 from spinegrade.core.config.train_per_condition import TrainPerConditionConfig
-from spinegrade.inference.predict import Bundle, BundleFiles, load_bundle
+from spinegrade.inference.files import BundleFiles
+from spinegrade.inference.predict import Bundle, load_bundle
 from spinegrade.inference.study import (
     GradedStudy,
     StudyFiles,
