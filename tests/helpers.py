@@ -25,6 +25,7 @@ from spinegrade.core import vocab
 from spinegrade.core.config.crop_rois import CropConfig
 from spinegrade.core.config.localizer_input import LocalizerInput
 from spinegrade.core.config.synthesize import SyntheticConfig
+from spinegrade.inference.files import BundleFiles
 from spinegrade.inference.localize import Localizer
 from spinegrade.models.backbones import create_backbone
 from spinegrade.models.heatmap import HeatmapNet
@@ -248,14 +249,18 @@ def untrained_localizers() -> dict[str, Localizer]:
     return out
 
 
-def write_bundle(root: Path, tiny_ingest) -> dict[str, Path]:
+def write_bundle(root: Path, tiny_ingest, files: BundleFiles | None = None) -> dict[str, Path]:
     """Model files as a finished `dvc repro` leaves them (untrained weights), laid out as
-    the study grader packs them (tracking.study_model): models/, localizers/, choice.json,
-    labels.csv, params.yaml."""
+    ``files`` says (default: as the study grader packs them, tracking.study_model:
+    models/, localizers/, choice.json, labels.csv under ``root``), and params.yaml in
+    ``root``. ``BundleFiles.workspace(root)`` lays them out as `make repro` does."""
+    files = files or BundleFiles(
+        root / "models", root / "localizers", root / "choice.json", root / "labels.csv"
+    )
     torch.manual_seed(0)
     choice = {}
     for g in vocab.GROUPS:
-        d = root / "models" / g / BACKBONE
+        d = Path(files.models) / g / BACKBONE
         d.mkdir(parents=True)
         save_file(
             create_backbone(BACKBONE, CROP.slices, CROP.size_px).state_dict(),
@@ -264,7 +269,7 @@ def write_bundle(root: Path, tiny_ingest) -> dict[str, Path]:
         (d / "metrics.json").write_text(json.dumps({"folds": {"fold0": {"temperature": 1.5}}}))
         choice[g] = BACKBONE
     for slug, loc in untrained_localizers().items():
-        d = root / "localizers" / slug
+        d = Path(files.localizers) / slug
         d.mkdir(parents=True)
         meta = {
             "series": slug,
@@ -282,8 +287,10 @@ def write_bundle(root: Path, tiny_ingest) -> dict[str, Path]:
         (d / "localizer.json").write_text(json.dumps(meta))
         state = {k: v.contiguous() for k, v in loc.model.state_dict().items()}
         save_file(state, str(d / "weights.safetensors"))
-    (root / "choice.json").write_text(json.dumps(choice))
-    tiny_ingest.labels.to_csv(root / "labels.csv", index=False)
+    for path in (files.selection, files.labels):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(files.selection).write_text(json.dumps(choice))
+    tiny_ingest.labels.to_csv(files.labels, index=False)
     params = {
         "crop-rois": {"slices": CROP.slices, "size_px": CROP.size_px},
         "train-per-condition": {

@@ -319,3 +319,42 @@ def test_bench_review_page(tmp_path):
         "JS heap after opening 2, Runtime.getHeapUsage after GC (MB)",
     ):
         positive(rows[measure])
+
+
+@pytest.mark.server
+def test_bench_serve(tmp_path, tiny_dataset, tiny_ingest):
+    """Predict and the service on small untrained models (helpers.write_bundle, laid out as
+    `make repro` leaves them) and the tiny dataset's test studies: one and two clients."""
+    from helpers import write_bundle
+
+    from spinegrade.inference.files import BundleFiles
+
+    ws = tmp_path / "ws"
+    write_bundle(ws, tiny_ingest, BundleFiles.workspace(ws))
+    (ws / "data" / "raw").symlink_to(tiny_dataset)
+    n = len(pd.read_csv(tiny_dataset / "test_series_descriptions.csv")["study_id"].unique())
+    args = ["--workspace", str(ws), "--clients", "1,2", "--requests", "3"]
+    args += ["--memory-after", "1,4", "--warm-repeats", "1"]
+    out = run_benchmark("bench_serve.py", *args, cwd=tmp_path, timeout=300)
+
+    assert "avx512_bf16: " in out.splitlines()[0]
+    predict = {r["measure"]: r["value"] for r in table(out, ["measure", "value"])}
+    assert positive(predict[f"cold, {n} studies: wall of the command, model load included (s)"])
+    assert positive(predict["warm: studies per minute (predict's batch rate)"])
+    header = ["clients", "uploads", "wall (s)", "studies/min", "p50 (s)", "p95 (s)", "max (s)"]
+    header += ["grading p50 (s)", "200", "503 (retried)", "other", "load average"]
+    served = {r["clients"]: r for r in table(out, header)}
+    # 1 + 2 clients answer 6 uploads; the memory count of 4 is reached within them
+    assert sorted(served) == ["1", "2"], served
+    for row in served.values():
+        assert row["uploads"] == "3" and row["other"] == "0", row
+        assert int(row["200"]) >= 3 and positive(row["p50 (s)"])
+    # the service's rows are predict's for the same study
+    (diff,) = re.findall(r"max \|difference\| (\S+) over (\d+) studies", out)
+    assert float(diff[0]) < 1e-6 and int(diff[1]) == n
+    memory = {r["measure"]: r["MB"] for r in table(out, ["measure", "MB"])}
+    (after,) = [m for m in memory if m.startswith("after 4 uploads answered 200")]
+    assert positive(memory[after])
+    goals = {r["goal"]: r for r in table(out, ["goal", "measured", "met"])}
+    assert goals["p50, 1 client <= 1.5 s a study"]["met"] in ("yes", "NO")
+    assert goals["throughput, 4 clients"]["measured"] == "n/a (no 4-client scenario)"
