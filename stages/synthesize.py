@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         if params.data.source == "synthetic":
             generate_dataset(params.synthesize, args.out)
             cfg = params.synthesize
-            summary(
-                f"{cfg.n_train_studies} train and {cfg.n_test_studies} test studies", args.out
-            )
+            summary(f"{cfg.n_train_studies} train and {cfg.n_test_studies} test studies", args.out)
             return
         with atomic_dir(args.out) as tmp:
             (tmp / "SOURCE.txt").write_text(
