@@ -37,8 +37,17 @@ LATE_STUDIES = 2
 VENV_INPUTS = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
 
 
+# An outer `make test ARGS=...` hands its command-line variables to every make below it
+# through these: `make retrain` here must not inherit the test run's ARGS.
+MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
 def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GITHUB_"))}
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "GITHUB_")) and k not in MAKE_VARIABLES
+    }
     out["PATH"] = f"{Path(sys.executable).parent}:{out['PATH']}"
     return out
 
