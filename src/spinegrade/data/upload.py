@@ -16,8 +16,11 @@ never trusts the zip:
 
 On any error nothing this module wrote stays in ``dest``.
 
-Identifiers: what is returned or raised names zip entries, counts and sizes only, never a
-DICOM header value (names, ids, UIDs, dates, institutions). Series are told apart by
+Identifiers: what is returned or raised names zip entries, counts and sizes only, never an
+identifying DICOM header value (names, ids, UIDs, dates, institutions); the one header
+content returned is routing's tags (``Unpacked.headers``: SeriesDescription, orientation,
+position, sequence timing), which ``spinegrade.data.routing`` quotes only as its module
+docstring says. Series are told apart by
 SeriesInstanceUID, which stays inside this module: each becomes an integer 1..k. The zip's
 entry names are the uploader's own and may hold a patient's name (as a folder); they are
 returned to that uploader (``study_name``, ``ignored``, ``rejected``, error messages) and
