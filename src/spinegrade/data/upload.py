@@ -118,23 +118,27 @@ class Unpacked:
     Attributes:
         study_name: the zip's single top folder (every entry under it), reduced to
             ``[A-Za-z0-9._-]``, at most 64 characters; None when there is none.
-        series: series id (1..k, ordered by SeriesNumber, then first entry name) -> its
-            files, ``dest/{series_id}/{n}.dcm`` with n = 1.. in InstanceNumber order.
+        headers: series id (1..k, ordered by SeriesNumber, then first entry name) -> its
+            files' routing tags (``spinegrade.data.routing.SeriesHeader``: the file,
+            ``dest/{series_id}/{n}.dcm`` with n = 1.. in InstanceNumber order, and the tags
+            read with the grouping keys, so that routing need not read them again).
         ignored: entries that are not DICOM files (no ``DICM`` marker), in zip order.
         rejected: (entry, reason) for DICOM files that cannot be graded: no pixel data,
             a transfer syntax no installed decoder reads, no SeriesInstanceUID, an
             unreadable header.
         sources: each written file -> the zip entry it came from.
-        headers: series id -> its files' routing tags (``spinegrade.data.routing``), read
-            with the grouping keys so that routing need not read the headers again.
     """
 
     study_name: str | None
-    series: dict[int, list[Path]]
+    headers: dict[int, list[SeriesHeader]]
     ignored: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     sources: dict[Path, str] = field(default_factory=dict)
-    headers: dict[int, list[SeriesHeader]] = field(default_factory=dict)
+
+    @property
+    def series(self) -> dict[int, list[Path]]:
+        """Series id -> its files, in order (``dest/{series_id}/{n}.dcm``)."""
+        return {k: [h.path for h in hs] for k, hs in self.headers.items()}
 
 
 def copy_capped(
@@ -360,10 +364,10 @@ def _unpack(
                 f"(entry {_show(entry)}: {reason})",
             )
         raise UploadError(422, f"no DICOM files among the zip's {files} files")
-    series, sources, headers = _place(dicoms, root, created)
+    headers, sources = _place(dicoms, root, created)
     shutil.rmtree(staging)
     created.remove(staging)
-    return Unpacked(_study_name(infos), series, ignored, rejected, sources, headers)
+    return Unpacked(_study_name(infos), headers, ignored, rejected, sources)
 
 
 def _open_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
@@ -488,9 +492,9 @@ def _number(value) -> float:
 
 def _place(
     dicoms: list[_Dicom], root: Path, created: list[Path]
-) -> tuple[dict[int, list[Path]], dict[Path, str], dict[int, list[SeriesHeader]]]:
-    """Move the staged files to ``root/{series_id}/{n}.dcm``: the files, their entries and
-    their routing tags per series."""
+) -> tuple[dict[int, list[SeriesHeader]], dict[Path, str]]:
+    """Move the staged files to ``root/{series_id}/{n}.dcm``: their routing tags (with the
+    placed files) per series, and each file's zip entry."""
     groups: dict[str, list[_Dicom]] = {}
     for d in dicoms:
         groups.setdefault(d.series_uid, []).append(d)
@@ -498,7 +502,6 @@ def _place(
         groups.values(),
         key=lambda g: (min(d.series_number for d in g), min(d.entry for d in g)),
     )
-    series: dict[int, list[Path]] = {}
     sources: dict[Path, str] = {}
     headers: dict[int, list[SeriesHeader]] = {}
     for series_id, members in enumerate(ordered, start=1):
@@ -509,10 +512,9 @@ def _place(
         for n, d in enumerate(members, start=1):
             target = _inside(root, folder / f"{n}.dcm")
             os.replace(d.staged, target)
-            series.setdefault(series_id, []).append(target)
             sources[target] = d.entry
             headers.setdefault(series_id, []).append(replace(d.header, path=target))
-    return series, sources, headers
+    return headers, sources
 
 
 def _study_name(infos: list[zipfile.ZipInfo]) -> str | None:
