@@ -179,10 +179,29 @@ def build_tiny_pipeline(dest: Path) -> Path:
     return work
 
 
+# What a copy of a finished workspace hard-links instead of copying: the DVC cache (content-
+# addressed, never written in place) and the model folders (DVC removes a stage's outputs
+# before it runs, so a stage writes new files and never into the session pipeline's): about
+# 3 GB of weights, a minute of copying per copy on a slow disk.
+LINKED = (".dvc/cache", "models", "localizers")
+
+
 def copy_workspace(src: Path, dest: Path) -> Path:
-    """A copy of a finished workspace (outputs, DVC cache, MLflow store) that a test may
-    change; the session's pipeline itself stays as it was built."""
-    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    """A copy of a finished workspace (outputs, DVC cache; not its MLflow store, whose
+    artifact locations point into ``src``: a run in the copy starts a store of its own) that
+    a test may change; the session's pipeline itself stays as it was built (LINKED)."""
+    linked = tuple(str(src / d) + os.sep for d in LINKED)
+
+    def copy(a: str, b: str) -> None:
+        if a.startswith(linked):
+            os.link(a, b)
+        else:
+            shutil.copy2(a, b)
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if n == "__pycache__" or (Path(folder) == src and n == "mlruns")]
+
+    shutil.copytree(src, dest, symlinks=True, ignore=ignore, copy_function=copy)
     return dest
 
 
@@ -204,6 +223,9 @@ def git_workspace(work: Path) -> Path:
     # the tiny pipeline's gigabytes of model weights (the stages replace outputs, never edit)
     assert run_dvc(work, "config", "cache.type", "hardlink,copy").returncode == 0
     (work / ".gitignore").write_text("/data\n/models\n/localizers\n/mlruns\n__pycache__/\n")
+    # what `dvc init` writes in a git repository (a --no-scm one has none): without it the
+    # baseline commit held the whole DVC cache, which every experiment then copied through git
+    (work / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
     env = os.environ | GIT_IDENTITY
     for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "baseline"]):
         subprocess.run(["git", *cmd], cwd=work, env=env, check=True, capture_output=True)
