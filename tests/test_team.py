@@ -38,8 +38,9 @@ VENV_INPUTS = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
 
 
 # An outer `make test ARGS=...` hands its command-line variables to every make below it
-# through these: `make retrain` here must not inherit the test run's ARGS.
-MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+# through these, and exports ARGS itself into its recipes' environment: `make retrain` here
+# must not inherit the test run's ARGS.
+MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS")
 
 
 def env() -> dict[str, str]:
