@@ -48,11 +48,14 @@ repro: $(STAMP) ## .venv/, then the whole pipeline: dvc repro (synthetic data by
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # pytest-xdist runs the tests in $(JOBS) processes: most of a test's time is Python and
-# process start-up, which the two cores share well. A module's tests run in one process
-# (--dist loadscope), so no module-scoped set-up is built twice; the session's tiny
-# pipeline (conftest.tiny_pipeline) is read by one module only, tests/test_pipeline.py.
+# process start-up, which the two cores share well (3 processes measured slower on 2
+# cores). A module's tests run in one process (--dist loadscope), so no module-scoped
+# set-up is built twice; the session's tiny pipeline (conftest.tiny_pipeline) is read by
+# one module only, tests/test_pipeline.py. The two modules that run whole pipelines start
+# first, one per process (conftest.FIRST; --no-loadscope-reorder keeps that order).
 JOBS ?= 2
-PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(JOBS) --dist loadscope
+PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(JOBS) --dist loadscope \
+	--no-loadscope-reorder
 
 test: $(DEV) chromium ## the whole test suite, as CI runs it (needs PostgreSQL and chromium)
 	$(PYTEST) $(ARGS)

@@ -32,10 +32,19 @@ FIXTURE_MARKERS = {
 }
 
 
+# The modules whose set-up runs the whole pipeline (several minutes each on 2 cores): run
+# first, each in its own pytest-xdist process, while the other processes share out the
+# rest. (The Makefile's --no-loadscope-reorder keeps this order; xdist would otherwise
+# start the modules with the most tests first, and these two would finish last.)
+FIRST = ("test_pipeline.py", "test_team.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Markers from the fixtures a test takes (FIXTURE_MARKERS). Tests marked ``gpu`` need
-    CUDA: where none is visible they are skipped with that reason (shown in the summary);
-    they add to the CPU tests, which cover the same paths."""
+    """The FIRST modules first, then markers from the fixtures a test takes
+    (FIXTURE_MARKERS). Tests marked ``gpu`` need CUDA: where none is visible they are
+    skipped with that reason (shown in the summary); they add to the CPU tests, which cover
+    the same paths."""
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the rest keep order
     for item in items:
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in item.fixturenames:
