@@ -26,6 +26,10 @@ venv: $(STAMP) ## .venv/ with the pinned runtime (requirements.txt) and this pac
 # every stage recompiles torch, timm and mlflow from source, about 20 s a process.
 unexport PYTHONDONTWRITEBYTECODE
 
+# A command-line `make test ARGS=-v` would otherwise reach every recipe's environment, and a
+# make run inside a test (test_team's `make retrain`) would take the outer ARGS as its own.
+unexport ARGS
+
 # pip -qq prints errors only: its warnings (a machine's pip.conf naming index folders that
 # do not exist printed 250 lines here) would bury the pipeline's own output.
 PIP := $(BIN)/python -m pip install -qq
