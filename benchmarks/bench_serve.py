@@ -13,8 +13,11 @@ in this order, each step alone on the machine:
   and again over the first study only (a series CSV of its rows);
 * predict, warm -- in this process: ``load_bundle`` once (BundleFiles of the workspace,
   params.yaml's sections, its engine.threads), one untimed study, then ``predict_studies``
-  over all the test studies, timed; the median of --warm-repeats passes, as seconds per
-  study and studies per minute: predict's batch rate;
+  over all the test studies, timed, --warm-repeats passes; all of this once before the
+  service starts and again after it has stopped, so that a machine that speeds up or
+  slows down over the run (seen here: 10% within minutes) weighs on both sides. The
+  median of all those passes, as seconds per study and studies per minute, is predict's
+  batch rate;
 * the service -- ``python -m spinegrade.cli.serve --port P [--workers W] [--queue Q]``
   started in the workspace in its own process group, timed until ``GET /health`` answers
   ``{"status": "ready"}``. Each test study is zipped in memory once (its folder, with the
@@ -103,7 +106,10 @@ def parse_args() -> argparse.Namespace:
         help="successful uploads after which RSS is taken (default 10,200)",
     )
     p.add_argument(
-        "--warm-repeats", type=int, default=3, help="warm predict passes, median (default 3)"
+        "--warm-repeats",
+        type=int,
+        default=3,
+        help="warm predict passes before and after the service (default 3 each)",
     )
     p.add_argument("--port", type=int, default=0, help="service port (default: a free one)")
     p.add_argument(
@@ -447,9 +453,12 @@ def main() -> None:
             for r in submission.itertuples(index=False)
         }
         served = serve_scenarios(args, ws, study_zips(ws, study_ids), expected, tmp)
+        loads.append(load("predict, warm, after the service", f"{args.warm_repeats} pass(es)"))
+        after, _ = warm_predict(ws, args.warm_repeats)
 
-    rate = 60 * n / statistics.median(passes)  # predict's warm batch rate, studies/min
-    print_predict(n, cold, passes, rate, loads)
+    # predict's warm batch rate (studies/min), over the passes before and after the service
+    rate = 60 * n / statistics.median(passes + after)
+    print_predict(n, cold, (passes, after), rate, loads)
     print_serve(served)
     ratio = print_memory(served.tally, args.memory_after, served.peak)
     print_goals(served.scenarios, rate, ratio, args.memory_after)
@@ -472,20 +481,29 @@ def load(phase: str, what: str) -> float:
 
 
 def print_predict(
-    n: int, cold: tuple[float, float], passes: list[float], rate: float, loads: list[float]
+    n: int,
+    cold: tuple[float, float],
+    warm: tuple[list[float], list[float]],
+    rate: float,
+    loads: list[float],
 ) -> None:
+    """The predict table; ``warm``: the warm passes' seconds before and after the service."""
     print(f"\n## spinegrade predict over the {n} test studies\n")
     print("| measure | value |\n|---|---:|")
     print(f"| cold, {n} studies: wall of the command, model load included (s) | {cold[0]:.1f} |")
     print(f"| cold, {n} studies: studies per minute | {60 * n / cold[0]:.1f} |")
     print(f"| cold, 1 study: wall of the command (s) | {cold[1]:.1f} |")
-    each = ", ".join(f"{p:.1f}" for p in passes)
+    for when, passes in zip(("before", "after"), warm, strict=True):
+        each = ", ".join(f"{p:.1f}" for p in passes)
+        print(
+            f"| warm, {when} the service: s per study (median of {len(passes)} pass(es): "
+            f"{each} s) | {statistics.median(passes) / n:.2f} |"
+        )
+    print(f"| warm: studies per minute over all those passes (predict's batch rate) | {rate:.1f} |")
     print(
-        f"| warm: s per study (median of {len(passes)} pass(es): {each} s) "
-        f"| {statistics.median(passes) / n:.2f} |"
+        "| load average (1 min) at the start: cold, warm before, warm after "
+        f"| {', '.join(f'{v:.2f}' for v in loads)} |"
     )
-    print(f"| warm: studies per minute (predict's batch rate) | {rate:.1f} |")
-    print(f"| load average (1 min) at the start: cold, warm | {loads[0]:.2f}, {loads[1]:.2f} |")
 
 
 def print_serve(served: Served) -> None:
