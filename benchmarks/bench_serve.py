@@ -28,8 +28,9 @@ in this order, each step alone on the machine:
   Retry-After seconds (the retry is part of the same upload). Per scenario: studies per
   minute (uploads answered 200 over the scenario's wall time), latency p50/p95/max per
   upload (from its first attempt to its answer: 503 retries and waits included), the
-  service's own grading time p50 (the answer's ``seconds``), the count of 200s, 503s and
-  other answers (any other status, a connection error, a timeout). A study's first answer
+  service's own time p50 (the answer's ``seconds``: unpacking, waiting for the model and
+  grading), the count of 200s, 503s and other answers (any other status, a connection
+  error, a timeout). A study's first answer
   is checked against predict's rows for it (the largest absolute difference is printed);
 * memory -- the resident set size (psutil RSS, summed over the service's process group)
   when the service has answered the 10th and the 200th upload with a 200 (counted across
@@ -510,7 +511,7 @@ def print_serve(served: Served) -> None:
     print(f"\n## spinegrade serve ({served.info})\n")
     print(
         "| clients | uploads | wall (s) | studies/min | p50 (s) | p95 (s) | max (s) "
-        "| grading p50 (s) | 200 | 503 (retried) | other | load average |"
+        "| service p50 (s) | 200 | 503 (retried) | other | load average |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sc in served.scenarios:
@@ -524,7 +525,8 @@ def print_serve(served: Served) -> None:
     diffs = list(served.tally.checked.values())
     print(
         "\nlatency: per upload, from its first attempt to its answer (503 waits included); "
-        "grading: the answer's `seconds`; load average: 1 min, at the scenario's start.\n"
+        "service: the answer's `seconds` (from the upload received to the answer: unpacking, "
+        "waiting for the model, grading); load average: 1 min, at the scenario's start.\n"
         "rows against predict's for the same study: "
         f"max |difference| {max(diffs, default=NAN):.2g} over {len(diffs)} studies."
     )
@@ -606,7 +608,7 @@ def serve_scenarios(
         health = requests.get(f"{url}/health", timeout=5).json()
         capacity = int(health.get("capacity", 0))
         info = (
-            f"ready {ready:.1f} s after start; {capacity - args.queue} grading thread(s) "
+            f"ready {ready:.1f} s after start; {capacity - args.queue} unpacking process(es) "
             f"(--workers {args.workers or 'default'}), --queue {args.queue}"
         )
         tally = Tally(proc.pid, args.memory_after, expected)

@@ -28,6 +28,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pydicom
 import pytest
 import requests
@@ -169,6 +170,7 @@ class Server:
     url: str
     log: Path
     tmp: Path  # the service's TMPDIR: every request's folder is made here
+    pid: int  # the service's process (the leader of its process group)
 
     def grade(self, study: bytes, name: str = "study.zip", **kwargs) -> requests.Response:
         files = {"study": (name, study, "application/zip")}
@@ -204,7 +206,7 @@ def serving(model: Path | str, where: Path, *args: str) -> Iterator[Server]:
         )
     try:
         _wait(f"http://127.0.0.1:{port}/health", proc, log)
-        yield Server(f"http://127.0.0.1:{port}", log, tmp)
+        yield Server(f"http://127.0.0.1:{port}", log, tmp, proc.pid)
         assert proc.poll() is None, f"the service died:\n{log.read_text()[-3000:]}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -303,6 +305,30 @@ def test_a_bad_upload_gets_a_clear_4xx_and_the_service_keeps_serving(
     assert not any(server.tmp.parent.parent.glob("evil*"))
     assert server.leftovers() == []
     assert requests.get(f"{server.url}/health", timeout=10).json()["status"] == "ready"
+
+
+def unpackers(server: Server) -> list[psutil.Process]:
+    """The service's unpacking processes (multiprocessing's spawned workers)."""
+    children = psutil.Process(server.pid).children(recursive=True)
+    return [p for p in children if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_an_unpacking_process_that_dies_is_replaced(server, tiny_dataset):
+    """Uploads are unpacked in a process beside the grading one, started with the service;
+    killed, it is replaced and the next upload is graded all the same."""
+    deadline = time.monotonic() + 60
+    while not (workers := unpackers(server)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 1
+    workers[0].kill()
+    workers[0].wait(30)
+    answer = server.grade(study_zip(tiny_dataset))
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["rows"]) == 25
+    (replaced,) = unpackers(server)
+    assert replaced.pid != workers[0].pid
+    assert "the unpacking process died (attempt 1): starting another" in server.log.read_text()
+    assert server.leftovers() == []
 
 
 def test_what_cannot_be_graded_is_listed_and_the_rest_graded(server, tiny_dataset):

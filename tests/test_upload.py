@@ -494,6 +494,18 @@ def test_the_destination_must_be_an_empty_folder(study, tmp_path):
         unpack_study(source, tmp_path / "missing")
 
 
+def test_an_upload_error_crosses_a_process_boundary():
+    """The service unpacks in another process: its errors come back whole (pickled)."""
+    import pickle
+
+    back = pickle.loads(pickle.dumps(UploadError(413, "the upload is over the limit of 1 MB")))
+    assert isinstance(back, UploadError)
+    assert (back.status, back.message, str(back)) == (
+        413,
+        *["the upload is over the limit of 1 MB"] * 2,
+    )
+
+
 def test_limits_are_checked():
     with pytest.raises(ValueError, match="max_ratio"):
         UploadLimits(max_ratio=0)

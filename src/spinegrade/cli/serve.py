@@ -64,14 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="threads unpacking and routing uploads; the model grades one at a time "
-        "(default: the cores / engine.threads, at least 1)",
+        help="processes unpacking and routing uploads while the model grades, one study at "
+        "a time (default: the cores / engine.threads, at least 1)",
     )
     parser.add_argument(
         "--queue",
         type=int,
         default=4,
-        help="requests that may wait for a grading thread (503 beyond)",
+        help="requests that may wait beyond --workers (503 beyond)",
     )
     parser.add_argument(
         "--max-upload-mb", type=int, default=512, help="largest upload (413 beyond), MB"

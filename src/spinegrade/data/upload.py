@@ -110,6 +110,9 @@ class UploadError(DataError):
         self.status = status
         self.message = message
 
+    def __reduce__(self):  # raised in the service's unpacking process, re-raised in its own
+        return (type(self), (self.status, self.message))
+
 
 @dataclass(frozen=True)
 class Unpacked:

@@ -8,12 +8,13 @@ review page of a graded study (kept for the last few studies graded with ``revie
 
 Every request gets a temporary folder of its own, removed when its response is sent, and
 the upload is unpacked only inside it (``spinegrade.data.upload``). Requests are unpacked
-and routed in a pool of ``workers`` threads and graded one at a time by the model's own
-thread (the one that loaded it); at most ``queue`` more requests wait, and beyond that the
-service answers 503 with Retry-After rather than piling work up. ``/health`` answers while
-it grades. Responses name a study by its zip's top folder (or a generated name) and its
-series by number: no DICOM header value (names, ids, UIDs, dates, institutions) is sent,
-logged or shown.
+and routed in a pool of ``workers`` processes (``spinegrade.service.unpack``), so that the
+next study is unpacked while the current one grades, and graded one at a time by the
+model's own thread (the one that loaded it); at most ``workers + queue`` requests are in
+hand, and beyond that the service answers 503 with Retry-After rather than piling work up.
+``/health`` answers while it grades. Responses name a study by its zip's top folder (or a
+generated name) and its series by number: no DICOM header value (names, ids, UIDs, dates,
+institutions) is sent, logged or shown.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ import asyncio
 import hmac
 import json
 import logging
+import multiprocessing
 import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,9 +44,10 @@ from starlette.requests import ClientDisconnect
 
 from spinegrade.core import vocab
 from spinegrade.core.errors import EXPECTED_ERRORS
-from spinegrade.data.routing import route_study
-from spinegrade.data.upload import UploadError, UploadLimits, too_large, unpack_study
+from spinegrade.data.routing import Routing
+from spinegrade.data.upload import Unpacked, UploadError, UploadLimits, too_large
 from spinegrade.inference.study import StudyFiles, review_html
+from spinegrade.service import unpack
 from spinegrade.service.form import read_form
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,7 @@ class ServiceSettings:
     """How the service runs.
 
     Attributes:
-        workers: threads that unpack and route uploads; the model grades one study at a
+        workers: processes that unpack and route uploads; the model grades one study at a
             time in a thread of its own (with the engine's torch threads).
         queue: requests that may wait beyond ``workers``; more get 503.
         limits: caps on the upload (``max_upload_bytes``: more gets 413 before it is all
@@ -98,10 +103,15 @@ class Service:
         self.name = name
         self.model = None
         self.error: str | None = None
-        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="upload")
+        # a thread per request in hand: it waits for the unpacking, then for the grading
+        self.pool = ThreadPoolExecutor(
+            max(1, settings.workers + settings.queue), thread_name_prefix="request"
+        )
         # the model loads and grades in one thread of its own: torch ran 60% slower
         # grading in another thread than the one that loaded the model (measured)
         self.torch = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._unpacker: ProcessPoolExecutor | None = None
+        self._unpacker_lock = threading.Lock()
         self.inflight = 0
         self.served = 0
         self.reviews: OrderedDict[str, str] = OrderedDict()
@@ -115,15 +125,55 @@ class Service:
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("could not load the model %s: %s", self.name, self.error)
 
+    def unpacker(self) -> ProcessPoolExecutor:
+        """The unpacking processes (started on first use, and again after one died)."""
+        with self._unpacker_lock:
+            if self._unpacker is None:
+                self._unpacker = ProcessPoolExecutor(
+                    max(1, self.settings.workers), mp_context=multiprocessing.get_context("spawn")
+                )
+            return self._unpacker
+
+    def start_unpacker(self) -> None:
+        """Start the unpacking processes now, so that the first upload does not wait."""
+        try:
+            self.unpacker().submit(unpack.ready).result()
+        except Exception as exc:  # the first upload tries again, and says what failed
+            log.error("could not start the unpacking process: %s", exc)
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.torch.shutdown(wait=False, cancel_futures=True)
+        with self._unpacker_lock:
+            if self._unpacker is not None:
+                self._unpacker.shutdown(wait=False, cancel_futures=True)
+
+    def prepare(
+        self, upload: Path, root: Path, overrides: dict[int, str]
+    ) -> tuple[Unpacked, Routing]:
+        """Unpack and route the upload in an unpacking process; one that has died (killed
+        while idle, or by this upload) is replaced and the upload tried once more."""
+        for attempt in (1, 2):
+            pool = self.unpacker()
+            try:
+                job = pool.submit(unpack.prepare, upload, root, overrides, self.settings.limits)
+                return job.result()
+            except BrokenProcessPool:
+                log.warning("the unpacking process died (attempt %d): starting another", attempt)
+                with self._unpacker_lock:
+                    if self._unpacker is pool:
+                        self._unpacker = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError("the unpacking process died twice on this upload")
+
     def grade(self, upload: Path, folder: Path, overrides: dict[str, str], review: bool) -> dict:
-        """Unpack, route and grade one study (in a pool thread); the JSON answer."""
+        """Unpack, route and grade one study (in a request thread); the JSON answer."""
         started = time.perf_counter()
         root = folder / "studies"
-        (root / "1").mkdir(parents=True)
-        unpacked = unpack_study(upload, root / "1", self.settings.limits)
-        name = unpacked.study_name or f"study-{secrets.token_hex(4)}"
         overrides_by_id = {int(k): v for k, v in overrides.items()}
-        routed = route_study(root / "1", overrides_by_id, study_id=1, headers=unpacked.headers)
+        unpacked, routed = self.prepare(upload, root, overrides_by_id)
+        name = unpacked.study_name or f"study-{secrets.token_hex(4)}"
         decided = list(routed.series.itertuples(index=False))
         study = StudyFiles(name, 1, {int(r.series_id): str(r.series_id) for r in decided})
         types = {
@@ -177,10 +227,11 @@ def create_app(load: Callable[[], object], settings: ServiceSettings, name: str)
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
         loading = loop.run_in_executor(service.torch, service.load)
+        starting = loop.run_in_executor(service.pool, service.start_unpacker)
         yield
         await loading
-        service.pool.shutdown(wait=False, cancel_futures=True)
-        service.torch.shutdown(wait=False, cancel_futures=True)
+        await starting
+        service.stop()
 
     app = FastAPI(
         title="spinegrade",
