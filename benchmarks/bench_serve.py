@@ -30,8 +30,8 @@ in this order, each step alone on the machine:
   upload (from its first attempt to its answer: 503 retries and waits included), the
   service's own time p50 (the answer's ``seconds``: unpacking, waiting for the model and
   grading), the count of 200s, 503s and other answers (any other status, a connection
-  error, a timeout). A study's first answer
-  is checked against predict's rows for it (the largest absolute difference is printed);
+  error, a timeout). A study's first answer is checked against predict's rows for it (the
+  largest absolute difference is printed);
 * memory -- the resident set size (psutil RSS, summed over the service's process group)
   when the service has answered the 10th and the 200th upload with a 200 (counted across
   the scenarios; --memory-after changes the two counts), taken by the client that got that

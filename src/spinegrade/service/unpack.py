@@ -32,5 +32,6 @@ def prepare(
 
 
 def ready() -> bool:
-    """A no-op that starts a worker (the service calls it once at start-up)."""
+    """A no-op that starts a worker and, by being in this module, makes it import what
+    :func:`prepare` needs (the service calls it once at start-up)."""
     return True
